@@ -1,0 +1,39 @@
+"""Errors that carry a message meant for the user.
+
+The CLI turns a :class:`UsageError` into one line on stderr and exit code 2; anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for (names, paths, values): one line, exit code 2."""
+
+
+class ConfigError(UsageError):
+    """A config field, recipe or override that is malformed or out of range."""
+
+
+class ModelLayoutError(UsageError):
+    """A model directory that is missing or not in the layout a policy expects."""
+
+
+class RewardError(RuntimeError):
+    """A reward raised or returned a non-finite value while scoring a rollout."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """Return ' Did you mean X?' for the closest known name, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> UsageError:
+    """The error for an unknown component name: lists the known names and suggests the closest."""
+    known = sorted(known)
+    listing = ", ".join(known) if known else "none installed"
+    return UsageError(f"unknown {kind} '{name}' (known: {listing}).{did_you_mean(name, known)}")

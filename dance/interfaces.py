@@ -1,0 +1,263 @@
+"""The four interfaces of dance: Policy, Sampler, Reward and Advantage.
+
+A plugin implements one of these classes and registers it through a hook (see
+:mod:`dance.hookspecs`).
+Every component class declares
+
+* ``name``: the registry name users type (``flux``, ``dance-sde``, ``jpeg-compressibility``);
+* ``config_class``: a dataclass built with :func:`dance.config.option`;
+
+and is constructed as ``Component(config, runtime)``.
+
+Shapes used below: ``B`` is a batch of samples; ``*L`` is the policy's latent shape, opaque to the
+core (FLUX keeps packed tokens ``[B, S, C]``, a UNet keeps ``[B, C, H, W]``, a video model
+``[B, C, F, H, W]``). Media handed to rewards are pixels in [0, 1]: ``[B, C, H, W]`` for images and
+``[B, C, F, H, W]`` for videos.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+
+Modality = Literal["image", "video"]
+PredictionType = Literal["flow", "epsilon"]
+
+
+@dataclass
+class Runtime:
+    """Where and how components run; built once by the trainer or the CLI."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # dtype of frozen weights (text encoders, VAE, frozen base weights): bf16 on GPU, fp32 on CPU.
+    frozen_dtype: torch.dtype = torch.float32
+    # Rank and world size of this process (1 process: 0 and 1).
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def auto(cls, device: str | None = None) -> Runtime:
+        """Pick the device (CUDA when present) and the matching frozen dtype."""
+        import dance.distributed as dist
+
+        dev = torch.device(device) if device else dist.default_device()
+        frozen = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        return cls(device=dev, frozen_dtype=frozen, rank=dist.rank(), world_size=dist.world_size())
+
+
+class Conditioning(dict):
+    """Encoded prompts (and conditions) for a batch: name -> tensor with the batch dimension first.
+
+    The core selects, repeats and concatenates rows with :meth:`select` and :meth:`cat`, so every
+    value must be a tensor of shape ``[B, ...]``. Values that do not depend on the sample (position
+    ids, say) are rebuilt inside :meth:`Policy.predict` instead of being stored here.
+    """
+
+    def select(self, index: torch.Tensor) -> Conditioning:
+        return Conditioning({k: v.index_select(0, index.to(v.device)) for k, v in self.items()})
+
+    def to(self, device: torch.device) -> Conditioning:
+        return Conditioning({k: v.to(device) for k, v in self.items()})
+
+    @staticmethod
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
+        return Conditioning({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+
+    def batch_size(self) -> int:
+        return next(iter(self.values())).shape[0]
+
+
+@dataclass
+class Prompt:
+    """One prompt, with an optional conditioning input (an image for image-to-video)."""
+
+    text: str
+    # Conditioning image as pixels in [0, 1], [C, H, W]; None for text-only tasks.
+    image: torch.Tensor | None = None
+
+
+class Policy(ABC):
+    """One foundation model: encodes prompts, predicts model outputs, decodes latents to pixels.
+
+    ``predict`` is the only path gradients flow through. Everything else runs without gradients.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    modality: ClassVar[Modality]
+    prediction_type: ClassVar[PredictionType]
+
+    def __init__(self, config: Any, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+
+    @abstractmethod
+    def encode(self, prompts: Sequence[Prompt]) -> Conditioning:
+        """Encode prompts (and their conditions) with the frozen encoders; cache what repeats."""
+
+    @abstractmethod
+    def initial_noise(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Standard normal latents ``[B, *L]`` (fp32) to start sampling from."""
+
+    @abstractmethod
+    def predict(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning
+    ) -> torch.Tensor:
+        """Model output ``[B, *L]`` (fp32) for latents ``[B, *L]`` at per-sample ``timesteps [B]``.
+
+        ``timesteps`` are the sampler's schedule values (sigma in [0, 1] for flows, the discrete
+        training timestep for diffusion); the policy converts them to what its network expects and
+        applies classifier-free guidance where the model uses it.
+        """
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] (fp32): ``[B, C, H, W]`` for images, ``[B, C, F, H, W]`` for videos."""
+
+    @abstractmethod
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the optimizer updates (LoRA weights by default)."""
+
+    @abstractmethod
+    def save_trained(self, directory: str) -> None:
+        """Write the trained weights as safetensors that the model's diffusers pipeline loads."""
+
+    @abstractmethod
+    def load_trained(self, directory: str) -> None:
+        """Load weights written by :meth:`save_trained`; raise if nothing matched."""
+
+    def reference(self) -> contextlib.AbstractContextManager[None]:
+        """Context in which :meth:`predict` gives the frozen reference model (for the KL term).
+
+        LoRA policies disable their adapters; a full fine-tune must keep a frozen copy.
+        """
+        raise NotImplementedError(f"policy '{self.name}' has no frozen reference model")
+
+    def prepare_reference(self) -> None:  # noqa: B027 - optional hook
+        """Called once before training when the KL term is on; a full fine-tune copies its
+        frozen weights here so that :meth:`reference` can use them."""
+
+    def train(self, mode: bool = True) -> None:  # noqa: B027 - optional hook
+        """Switch the trainable network between training and evaluation mode."""
+
+    def trainable_modules(self) -> list[torch.nn.Module]:
+        """Modules holding the trainable parameters (for FSDP and mode switches)."""
+        return []
+
+
+@dataclass
+class Schedule:
+    """A sampling schedule for ``num_steps`` steps.
+
+    ``timesteps [N]`` is what :meth:`Policy.predict` receives at each step. ``levels [N + 1]`` is
+    the sampler's own noise-level table (sigmas for flows, cumulative alphas for diffusion), read
+    only by the sampler that made it.
+    """
+
+    timesteps: torch.Tensor
+    levels: torch.Tensor
+
+    @property
+    def num_steps(self) -> int:
+        return self.timesteps.shape[0]
+
+
+@dataclass
+class StepOutput:
+    """One stochastic transition ``x_k -> x_{k+1}``; every tensor has the batch dimension first."""
+
+    next_latents: torch.Tensor  # [B, *L]
+    log_prob: torch.Tensor  # [B], fp32
+    mean: torch.Tensor  # [B, *L], the Gaussian mean of x_{k+1}
+    std: torch.Tensor  # [B, 1, ...] broadcastable to mean
+    x0: torch.Tensor  # [B, *L], the clean-sample prediction at step k
+
+
+class Sampler(ABC):
+    """A stateless stochastic sampling step with the log-probability of its transition."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    # The policy prediction types this sampler understands.
+    prediction_types: ClassVar[tuple[PredictionType, ...]]
+    # False for deterministic samplers (ODE): they have no transition density and cannot train.
+    stochastic: ClassVar[bool] = True
+
+    def __init__(self, config: Any, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+
+    @abstractmethod
+    def schedule(
+        self, num_steps: int | None = None, device: torch.device | None = None
+    ) -> Schedule:
+        """The schedule; ``num_steps`` defaults to the sampler config's number of steps."""
+
+    @abstractmethod
+    def step(
+        self,
+        model_output: torch.Tensor,
+        latents: torch.Tensor,
+        step_index: torch.Tensor,
+        schedule: Schedule,
+        next_latents: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        deterministic: bool = False,
+    ) -> StepOutput:
+        """Step every sample from its ``step_index [B]`` to the next level.
+
+        With ``next_latents`` given, no noise is drawn: the log-probability of that stored
+        transition is computed (training). ``deterministic`` takes the noise-free mean (evaluation).
+        """
+
+
+RewardOutput = dict[str, torch.Tensor]
+"""Named components of a reward, each ``[B]`` fp32; the first key is the reward's main score."""
+
+
+class Reward(ABC):
+    """Scores a batch of decoded media against prompts."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    modalities: ClassVar[tuple[Modality, ...]] = ("image",)
+    differentiable: ClassVar[bool] = False
+    # Names of the components :meth:`score` returns; the first is the default one.
+    components: ClassVar[tuple[str, ...]]
+
+    def __init__(self, config: Any, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+
+    @abstractmethod
+    def score(self, media: torch.Tensor, prompts: Sequence[Prompt]) -> RewardOutput:
+        """Score pixels in [0, 1] (``[B, C, H, W]`` or ``[B, C, F, H, W]``) for their prompts."""
+
+
+class Advantage(ABC):
+    """Turns per-reward scores of a rollout into one advantage per sample."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+
+    @abstractmethod
+    def compute(
+        self,
+        rewards: Mapping[str, torch.Tensor],
+        weights: Mapping[str, float],
+        group_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Advantages ``[N]`` from ``rewards`` (name -> ``[N]``) and ``group_ids [N]``.
+
+        A NaN reward marks a sample excluded from the statistics; it gets advantage NaN so that the
+        trainer can leave it out of the update.
+        """

@@ -1,0 +1,331 @@
+"""Recipes: TOML files composing a policy, a sampler, rewards, an advantage and trainer settings.
+
+    [policy]
+    name = "flux"              # registry name; every other key is a field of the policy's config
+    model = "/models/FLUX.1-dev"
+
+    [sampler]
+    name = "dance-sde"
+    eta = 0.3
+
+    [[rewards]]
+    name = "jpeg-compressibility"
+    weight = 1.0       # reserved keys: name, weight, component; the rest configure the reward
+
+    [advantage]
+    name = "group"
+
+    [trainer]
+    group_size = 12
+
+Bundled recipes live in ``dance/recipes/`` and are found by name; a path to a TOML file works too.
+``key=value`` overrides address any field: ``trainer.learning_rate=1e-5``, ``policy.height=512``,
+``rewards.jpeg-compressibility.weight=2`` (or ``rewards.0.weight=2``). A resolved recipe, with every
+default filled in, is what a run writes to ``config.toml``; it loads again as a recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from dance.config import build, parse_value, to_dict
+from dance.errors import ConfigError, UsageError, did_you_mean
+from dance.trainer_config import TrainerConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+SECTIONS = ("policy", "sampler", "rewards", "advantage", "trainer")
+REWARD_KEYS = ("name", "weight", "component")
+DEFAULT_SAMPLER = {"flow": "dance-sde", "epsilon": "ddim"}
+
+
+@dataclass
+class RewardSpec:
+    """One reward of a recipe: which reward, its weight, which component, and its config."""
+
+    name: str
+    weight: float = 1.0
+    component: str = ""  # "" = the reward's first (main) component
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}.{self.component}" if self.component else self.name
+
+
+@dataclass
+class Recipe:
+    """A resolved recipe: component names with their config values, and the trainer config."""
+
+    policy: str
+    policy_options: dict[str, Any]
+    sampler: str
+    sampler_options: dict[str, Any]
+    rewards: list[RewardSpec]
+    advantage: str
+    advantage_options: dict[str, Any]
+    trainer: TrainerConfig
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        return {
+            "policy": {"name": self.policy, **self.policy_options},
+            "sampler": {"name": self.sampler, **self.sampler_options},
+            "rewards": [
+                {
+                    "name": r.name,
+                    "weight": r.weight,
+                    **({"component": r.component} if r.component else {}),
+                    **r.options,
+                }
+                for r in self.rewards
+            ],
+            "advantage": {"name": self.advantage, **self.advantage_options},
+            "trainer": to_dict(self.trainer),
+        }
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def bundled_recipes() -> list[str]:
+    root = resources.files("dance") / "recipes"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def read_recipe(name_or_path: str) -> dict[str, Any]:
+    """Raw recipe dict from a bundled recipe name or a TOML file path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UsageError(f"recipe file {path} does not exist.")
+        text = path.read_text()
+        where = str(path)
+    else:
+        resource = resources.files("dance") / "recipes" / f"{name_or_path}.toml"
+        if not resource.is_file():
+            known = bundled_recipes()
+            raise UsageError(
+                f"unknown recipe '{name_or_path}' (bundled: {', '.join(known) or 'none'})."
+                f"{did_you_mean(name_or_path, known)} A path to a .toml file works too."
+            )
+        text = resource.read_text()
+        where = f"bundled recipe '{name_or_path}'"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    check_sections(raw, where)
+    return raw
+
+
+def check_sections(raw: dict[str, Any], where: str) -> None:
+    for key, value in raw.items():
+        if key not in SECTIONS:
+            raise ConfigError(
+                f"{where}: unknown section '{key}'.{did_you_mean(key, SECTIONS)}"
+                f" Sections: {', '.join(SECTIONS)}."
+            )
+        if key == "rewards":
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{where}: 'rewards' must be an array of tables ([[rewards]]).")
+        elif not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a table ([{key}]).")
+
+
+# -- overrides -----------------------------------------------------------------------------------
+
+
+def parse_reward_arg(text: str) -> dict[str, Any]:
+    """``NAME[.COMPONENT][:WEIGHT]`` from the command line as a raw reward table."""
+    name, _, weight = text.partition(":")
+    name, _, component = name.partition(".")
+    if not name:
+        raise UsageError(f"--reward '{text}': expected NAME, NAME:WEIGHT or NAME.COMPONENT:WEIGHT.")
+    entry: dict[str, Any] = {"name": name}
+    if component:
+        entry["component"] = component
+    if weight:
+        try:
+            entry["weight"] = float(weight)
+        except ValueError:
+            raise UsageError(f"--reward '{text}': weight '{weight}' is not a number.") from None
+    return entry
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``section.field=value`` (or ``rewards.NAME|INDEX.field=value``) to a raw recipe."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise UsageError(f"override '{assignment}' must look like section.field=value.")
+    parts = key.strip().split(".")
+    value = parse_value(text.strip())
+    section = parts[0]
+    if section not in SECTIONS or len(parts) < 2:
+        raise UsageError(
+            f"override '{assignment}': the key must start with one of {', '.join(SECTIONS)}"
+            " followed by a field, e.g. trainer.learning_rate=1e-5."
+            f"{did_you_mean(section, SECTIONS)}"
+        )
+    if section == "rewards":
+        rewards = raw.setdefault("rewards", [])
+        if len(parts) < 3:
+            raise UsageError(f"override '{assignment}': use rewards.NAME.field=value.")
+        target = _find_reward(rewards, ".".join(parts[1:-1]), assignment)
+        target[parts[-1]] = value
+        return
+    table = raw.setdefault(section, {})
+    table[".".join(parts[1:])] = value
+
+
+def _find_reward(rewards: list[dict[str, Any]], ref: str, assignment: str) -> dict[str, Any]:
+    if ref.isdigit():
+        if int(ref) < len(rewards):
+            return rewards[int(ref)]
+        raise UsageError(f"override '{assignment}': the recipe has {len(rewards)} rewards.")
+    matches = [r for r in rewards if _label(r) == ref or r.get("name") == ref]
+    if len(matches) == 1:
+        return matches[0]
+    labels = [_label(r) for r in rewards]
+    if not matches:
+        raise UsageError(
+            f"override '{assignment}': no reward '{ref}' in the recipe (rewards: "
+            f"{', '.join(labels) or 'none'}).{did_you_mean(ref, labels)}"
+        )
+    raise UsageError(f"override '{assignment}': '{ref}' is ambiguous; use its index (rewards.N).")
+
+
+def _label(entry: dict[str, Any]) -> str:
+    return f"{entry['name']}.{entry['component']}" if entry.get("component") else entry["name"]
+
+
+# -- resolving -----------------------------------------------------------------------------------
+
+
+def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
+    """Validate a raw recipe against the installed components and fill in every default."""
+    raw = copy.deepcopy(raw)
+    check_sections(raw, "recipe")
+    policy_raw = dict(raw.get("policy", {}))
+    policy_name = policy_raw.pop("name", None)
+    if not policy_name:
+        raise UsageError("no policy chosen: pass --policy NAME (see `dance plugins`) or --recipe.")
+    policy_cls = registry.get("policy", policy_name)
+    policy_cfg = build(policy_cls.config_class, policy_raw, prefix="policy.")
+
+    sampler_raw = dict(raw.get("sampler", {}))
+    sampler_name = sampler_raw.pop("name", None) or DEFAULT_SAMPLER.get(
+        policy_cls.prediction_type, ""
+    )
+    sampler_cls = registry.get("sampler", sampler_name)
+    if policy_cls.prediction_type not in sampler_cls.prediction_types:
+        raise UsageError(
+            f"sampler '{sampler_name}' handles {', '.join(sampler_cls.prediction_types)} models, "
+            f"but policy '{policy_name}' predicts {policy_cls.prediction_type}."
+        )
+    sampler_cfg = build(sampler_cls.config_class, sampler_raw, prefix="sampler.")
+
+    rewards = [_resolve_reward(entry, policy_cls, registry) for entry in raw.get("rewards", [])]
+    if not rewards:
+        raise UsageError("no reward chosen: pass --reward NAME[:WEIGHT] (see `dance plugins`).")
+    labels = [r.label for r in rewards]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ConfigError(f"reward '{dupes[0]}' appears twice; give each reward once.")
+
+    adv_raw = dict(raw.get("advantage", {}))
+    adv_name = adv_raw.pop("name", None) or "group"
+    adv_cls = registry.get("advantage", adv_name)
+    adv_cfg = build(adv_cls.config_class, adv_raw, prefix="advantage.")
+
+    trainer = build(TrainerConfig, raw.get("trainer", {}), prefix="trainer.")
+    if not sampler_cls.stochastic:
+        raise ConfigError(
+            f"sampler '{sampler_name}' is deterministic and has no transition density to train "
+            "with; choose a stochastic sampler (e.g. dance-sde)."
+        )
+    return Recipe(
+        policy=policy_name,
+        policy_options=to_dict(policy_cfg),
+        sampler=sampler_name,
+        sampler_options=to_dict(sampler_cfg),
+        rewards=rewards,
+        advantage=adv_name,
+        advantage_options=to_dict(adv_cfg),
+        trainer=trainer,
+    )
+
+
+def _resolve_reward(entry: dict[str, Any], policy_cls: type, registry: Any) -> RewardSpec:
+    entry = dict(entry)
+    name = entry.pop("name", None)
+    if not name:
+        raise ConfigError("every [[rewards]] entry needs a name.")
+    cls = registry.get("reward", name)
+    weight = build(_Weight, {"weight": entry.pop("weight", 1.0)}, prefix=f"rewards.{name}.").weight
+    component = str(entry.pop("component", ""))
+    if component and component not in cls.components:
+        raise ConfigError(
+            f"reward '{name}' has no component '{component}' (components: "
+            f"{', '.join(cls.components)}).{did_you_mean(component, cls.components)}"
+        )
+    if policy_cls.modality not in cls.modalities:
+        raise UsageError(
+            f"reward '{name}' scores {', '.join(cls.modalities)}, but policy "
+            f"'{policy_cls.name}' generates {policy_cls.modality}."
+        )
+    options = to_dict(build(cls.config_class, entry, prefix=f"rewards.{name}."))
+    return RewardSpec(name=name, weight=weight, component=component, options=options)
+
+
+@dataclass
+class _Weight:
+    weight: float = dataclasses.field(default=1.0, metadata={"help": "reward weight"})
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """Write a recipe dict as TOML (tables, arrays of tables, and scalar or list values)."""
+    lines: list[str] = []
+    scalars = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
+    for k, v in scalars.items():
+        lines.append(f"{_key(k)} = {_value(v)}")
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{_key(k)}]"] + [f"{_key(a)} = {_value(b)}" for a, b in v.items()]
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for item in v:
+                lines += ["", f"[[{_key(k)}]]"]
+                lines += [f"{_key(a)} = {_value(b)}" for a, b in item.items()]
+        elif isinstance(v, list):
+            lines.insert(len(scalars), f"{_key(k)} = {_value(v)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else _value(k)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v) if not (isinstance(v, float) and v != v) else "nan"
+    if isinstance(v, str):
+        escaped = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_key(a)} = {_value(b)}" for a, b in v.items()) + " }"
+    raise ConfigError(f"cannot write {v!r} to TOML")

@@ -1,0 +1,73 @@
+"""Settings of the GRPO loop (the ``[trainer]`` table of a recipe).
+
+Defaults follow DanceGRPO's FLUX recipe where it defines one (group size 12, timestep fraction 0.6,
+clip range 1e-4, learning rate 1e-5, weight decay 1e-4, gradient clipping 1.0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dance.config import option
+
+
+@dataclass
+class TrainerConfig:
+    iterations: int = option(100, "GRPO iterations (rollout + reward + update) to run", ge=1)
+    prompts_per_iteration: int = option(2, "distinct prompts per iteration, over all ranks", ge=1)
+    group_size: int = option(12, "samples drawn per prompt (G); advantages are relative", ge=2)
+    share_initial_noise: bool = option(
+        True, "start every sample of a group from the same initial noise (DanceGRPO)"
+    )
+    rollout_batch_size: int = option(4, "samples per forward pass during the rollout", ge=1)
+    micro_batch_size: int = option(
+        4, "(sample, step) pairs per forward+backward in the update", ge=1
+    )
+    gradient_accumulation_steps: int = option(
+        0, "micro-batches per optimizer step; 0 = all micro-batches of an iteration", ge=0
+    )
+    timestep_fraction: float = option(
+        0.6, "fraction of each trajectory's steps trained on, drawn at random", gt=0, le=1
+    )
+    train_last_step: bool = option(False, "allow the last sampling step among the trained steps")
+    clip_range: float = option(1e-4, "PPO clip range eps on the importance ratio", gt=0)
+    kl_coef: float = option(0.0, "weight of the KL penalty to the frozen reference model", ge=0)
+    learning_rate: float = option(1e-5, "AdamW learning rate", gt=0)
+    lr_warmup_steps: int = option(0, "optimizer steps of linear warm-up, then constant", ge=0)
+    weight_decay: float = option(1e-4, "AdamW weight decay", ge=0)
+    adam_beta1: float = option(0.9, "AdamW beta1", ge=0, lt=1)
+    adam_beta2: float = option(0.999, "AdamW beta2", ge=0, lt=1)
+    adam_eps: float = option(1e-8, "AdamW epsilon", gt=0)
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this; 0 turns clipping off", ge=0)
+    ema_decay: float = option(
+        0.0, "decay of an exponential moving average of the trained weights; 0 = off", ge=0, lt=1
+    )
+    old_log_probs: str = option(
+        "recompute",
+        "log-probs the ratio is taken against: 'recompute' = with the current weights in the "
+        "training layout before the first optimizer step (ratio exactly 1 there, also in bf16); "
+        "'rollout' = those stored during the rollout (cheaper; exact only when rollout and "
+        "training numerics agree)",
+        choices=("recompute", "rollout"),
+    )
+    reward_on: str = option(
+        "last_x0",
+        "what the reward scores: 'last_x0' = the clean prediction of the last step (DanceGRPO), "
+        "'final' = the final latents",
+        choices=("last_x0", "final"),
+    )
+    on_reward_failure: str = option(
+        "error",
+        "a reward that raises or returns NaN: 'error' stops the run; 'exclude' leaves those "
+        "samples out of the group statistics and the update",
+        choices=("error", "exclude"),
+    )
+    prompts: str = option("", "text file with one prompt per line; empty = the bundled prompts")
+    seed: int = option(0, "seed of prompts, noise and step selection", ge=0)
+    sample_every: int = option(
+        10, "write a PNG grid of rollout samples every N iterations; 0 = off", ge=0
+    )
+    checkpoint_every: int = option(
+        10, "checkpoint every N iterations (and at the end); 0 = end only", ge=0
+    )
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep", ge=1)
