@@ -238,6 +238,10 @@ class Reward(ABC):
     def score(self, media: torch.Tensor, prompts: Sequence[Prompt]) -> RewardOutput:
         """Score pixels in [0, 1] (``[B, C, H, W]`` or ``[B, C, F, H, W]``) for their prompts."""
 
+    def accepts(self, modality: Modality) -> bool:
+        """Whether this instance scores ``modality`` (a wrapper may narrow its class's list)."""
+        return modality in self.modalities
+
 
 class Advantage(ABC):
     """Turns per-reward scores of a rollout into one advantage per sample."""

@@ -1,0 +1,1 @@
+"""Reusable test suites for dance components; plugins import them in their own tests."""
