@@ -98,7 +98,7 @@ def test_update_changes_only_trainable_weights(registry, tmp_path):
     before = [p.detach().clone() for p in trainer.params]
     frozen = trainer.policy.w1.clone()
     trainer.iteration(0)
-    assert all(not torch.equal(b, p) for b, p in zip(before, trainer.params))
+    assert all(not torch.equal(b, p) for b, p in zip(before, trainer.params, strict=True))
     assert torch.equal(frozen, trainer.policy.w1)
 
 
@@ -117,7 +117,7 @@ def test_gradient_does_not_depend_on_micro_batch_size(registry, tmp_path):
         trainer.iteration(0)
         grads.append(captured["g"])
     for other in grads[1:]:
-        for a, b in zip(grads[0], other):
+        for a, b in zip(grads[0], other, strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
@@ -155,7 +155,7 @@ def test_resume_continues_bit_for_bit(registry, tmp_path):
     first.run()
     resumed = make_trainer(registry, tmp_path / "b", {"iterations": 3})
     resumed.run(resume=True)
-    for a, b in zip(straight.params, resumed.params):
+    for a, b in zip(straight.params, resumed.params, strict=True):
         assert torch.equal(a, b)
     assert (tmp_path / "b" / "checkpoints" / "latest").read_text() == "iter-000003"
 
