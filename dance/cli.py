@@ -1,0 +1,269 @@
+"""The `dance` command: run GRPO, sample from a trained policy, list plugins.
+
+A user mistake (an unknown name, a missing file, an out-of-range value) is printed as one line and
+exits with code 2; a reward failure during a run exits with code 1 after saying which reward failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dance.errors import RewardError, UsageError
+
+# Recent typer releases vendor click, older ones use click itself: reach the class through typer.
+_ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+    help="GRPO post-training for image and video generators (DanceGRPO).",
+)
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="key=value overrides of any config field, e.g. trainer.group_size=8"),
+]
+
+
+def _raw_recipe(
+    recipe: str | None,
+    policy: str | None,
+    model: str | None,
+    sampler: str | None,
+    rewards: list[str] | None,
+    overrides: list[str] | None,
+) -> dict[str, Any]:
+    from dance.recipe import apply_override, parse_reward_arg, read_recipe
+
+    raw = read_recipe(recipe) if recipe else {}
+    if policy:
+        if raw.get("policy", {}).get("name") not in (None, policy):
+            raw["policy"] = {}  # another policy's options do not apply to this one
+        raw.setdefault("policy", {})["name"] = policy
+    if model:
+        raw.setdefault("policy", {})["model"] = model
+    if sampler:
+        raw["sampler"] = {**raw.get("sampler", {}), "name": sampler}
+    if rewards:
+        raw["rewards"] = [parse_reward_arg(r) for r in rewards]
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    return raw
+
+
+@app.command()
+def run(
+    overrides: Overrides = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="bundled recipe name or path to a recipe TOML file")
+    ] = None,
+    policy: Annotated[str | None, typer.Option(help="policy (foundation model) name")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="model directory or Hugging Face repo id in the local cache")
+    ] = None,
+    sampler: Annotated[str | None, typer.Option(help="sampler name")] = None,
+    reward: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME[.COMPONENT][:WEIGHT]; repeat for several rewards"),
+    ] = None,
+    output_dir: Annotated[Path, typer.Option(help="where the run writes everything")] = Path(
+        "runs/latest"
+    ),
+    resume: Annotated[
+        bool, typer.Option(help="continue the run in --output-dir from its latest checkpoint")
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto)")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Train a policy with GRPO against one or more rewards."""
+    from dance.grpo import GRPOTrainer
+    from dance.recipe import resolve
+    from dance.registry import get_registry
+
+    registry = get_registry()
+    if resume and recipe is None and (output_dir / "config.toml").is_file():
+        # Resuming takes the run's own resolved config; overrides still apply on top.
+        recipe = str(output_dir / "config.toml")
+    elif not resume and (output_dir / "checkpoints" / "latest").is_file():
+        raise UsageError(
+            f"{output_dir} already holds a run; pass --resume to continue it, or choose another "
+            "--output-dir."
+        )
+    raw = _raw_recipe(recipe, policy, model, sampler, reward, overrides)
+    if recipe is None and not raw:
+        raise UsageError("nothing to run: pass --policy and --reward, or --recipe NAME.")
+    resolved = resolve(raw, registry)
+    _init_distributed()
+    from dance.interfaces import Runtime
+
+    trainer = GRPOTrainer(
+        resolved, output_dir, runtime=Runtime.auto(device), registry=registry, progress=progress
+    )
+    summary = trainer.run(resume=resume)
+    what = "stopped by Ctrl-C" if summary["interrupted"] else "finished"
+    typer.echo(
+        f"{what} after {summary['iterations']} iterations; checkpoint: {summary['checkpoint']}; "
+        f"metrics: {output_dir / 'metrics.jsonl'}"
+    )
+
+
+def _init_distributed() -> None:
+    import dance.distributed as dist
+
+    dist.init_from_env()
+
+
+@app.command()
+def sample(
+    overrides: Overrides = None,
+    policy: Annotated[str | None, typer.Option(help="policy name")] = None,
+    model: Annotated[str | None, typer.Option(help="base model directory or repo id")] = None,
+    lora: Annotated[
+        Path | None,
+        typer.Option(help="trained weights: a run directory, a checkpoint, or its trained/ folder"),
+    ] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="prompt; repeat for several")] = None,
+    prompts_file: Annotated[Path | None, typer.Option(help="file with one prompt per line")] = None,
+    num_per_prompt: Annotated[int, typer.Option(help="images per prompt", min=1)] = 1,
+    sampler: Annotated[str, typer.Option(help="sampler; ode is deterministic")] = "ode",
+    seed: Annotated[int, typer.Option(help="seed of the first image; then seed+1, ...")] = 0,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass", min=1)] = 4,
+    output_dir: Annotated[Path, typer.Option(help="where images are written")] = Path("samples"),
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto)")] = None,
+) -> None:
+    """Generate images from a base model, optionally with trained weights."""
+    from dance.config import build, to_dict
+    from dance.data import read_prompts
+    from dance.generate import generate, resolve_trained, save_media
+    from dance.interfaces import Prompt, Runtime
+    from dance.recipe import apply_override
+    from dance.registry import get_registry
+
+    registry = get_registry()
+    raw: dict[str, Any] = {"policy": {}, "sampler": {}}
+    if lora is not None:
+        trained, run_config = resolve_trained(lora)
+        if run_config:  # the run's own policy settings, unless the command line says otherwise
+            raw["policy"] = dict(run_config.get("policy", {}))
+    if policy:
+        raw["policy"]["name"] = policy
+    if model:
+        raw["policy"]["model"] = model
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    policy_name = raw["policy"].pop("name", None)
+    if not policy_name:
+        raise UsageError("no policy chosen: pass --policy NAME (see `dance plugins`).")
+    texts = list(prompt or []) + (read_prompts(str(prompts_file)) if prompts_file else [])
+    if not texts:
+        raise UsageError("no prompt given: pass --prompt TEXT or --prompts-file FILE.")
+    runtime = Runtime.auto(device)
+    policy_cls = registry.get("policy", policy_name)
+    policy_obj = policy_cls(build(policy_cls.config_class, raw["policy"], "policy."), runtime)
+    sampler_cls = registry.get("sampler", sampler)
+    sampler_cfg = build(sampler_cls.config_class, raw["sampler"], "sampler.")
+    sampler_obj = sampler_cls(sampler_cfg, runtime)
+    if lora is not None:
+        policy_obj.load_trained(str(trained))
+    prompts = [Prompt(t) for t in texts for _ in range(num_per_prompt)]
+    seeds = list(range(seed, seed + len(prompts)))
+    media = generate(policy_obj, sampler_obj, prompts, seeds, batch_size=batch_size)
+    paths = save_media(media, prompts, seeds, output_dir)
+    manifest = {
+        "policy": policy_name,
+        "policy_options": to_dict(policy_obj.config),
+        "sampler": sampler,
+        "sampler_options": to_dict(sampler_cfg),
+        "trained": str(lora) if lora else None,
+        "images": [
+            {"file": p.name, "prompt": pr.text, "seed": s}
+            for p, pr, s in zip(paths, prompts, seeds, strict=True)
+        ],
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "samples.json").write_text(json.dumps(manifest, indent=2))
+    typer.echo(f"wrote {len(paths)} images to {output_dir}")
+
+
+@app.command()
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+    options: Annotated[
+        bool, typer.Option("--options", help="print every component's config fields")
+    ] = False,
+) -> None:
+    """List installed plugins, what they register, and whether they loaded."""
+    from dance.config import describe
+    from dance.registry import get_registry
+
+    registry = get_registry()
+    rows = []
+    for info in sorted(registry.plugins.values(), key=lambda p: p.name):
+        comps = []
+        for kind, name in info.components:
+            entry: dict[str, Any] = {"kind": kind, "name": name}
+            if options:
+                cls = registry.components[kind][name].cls
+                entry["options"] = [
+                    {"name": f.name, "type": f.type, "default": f.default, "help": f.help}
+                    for f in describe(cls.config_class)
+                ]
+            comps.append(entry)
+        rows.append(
+            {
+                "name": info.name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "loaded": info.loaded,
+                "error": info.error,
+                "registers": comps,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        dist = f"{row['distribution']} {row['version']}" if row["distribution"] else "(no dist)"
+        status = "loaded" if row["loaded"] else f"FAILED: {row['error']}"
+        typer.echo(f"{row['name']}  [{dist}]  {status}")
+        for comp in row["registers"]:
+            typer.echo(f"    {comp['kind']:<9} {comp['name']}")
+            for opt in comp.get("options", []):
+                typer.echo(
+                    f"        {opt['name']} ({opt['type']}) = {opt['default']!r}: {opt['help']}"
+                )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one line and exit code 2 for usage errors, no traceback."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except _ClickUsageError as exc:
+        hint = f" (see `dance {exc.ctx.info_name} --help`)" if exc.ctx else ""
+        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except UsageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except RewardError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Generation without training: `dance sample`, evaluation, and Best-of-N build on this."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dance.errors import UsageError
+from dance.interfaces import Policy, Prompt, Sampler
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+@torch.no_grad()
+def generate(
+    policy: Policy,
+    sampler: Sampler,
+    prompts: list[Prompt],
+    seeds: list[int],
+    batch_size: int = 4,
+    deterministic: bool | None = None,
+) -> torch.Tensor:
+    """Pixels ``[n, C, H, W]`` (or ``[n, C, F, H, W]``) in [0, 1], one per (prompt, seed).
+
+    Each sample's initial noise comes from its own seed, so an image does not depend on the batch
+    it was drawn in. ``deterministic`` defaults to True for deterministic samplers.
+    """
+    if deterministic is None:
+        deterministic = not sampler.stochastic
+    device = policy.runtime.device
+    schedule = sampler.schedule(device=device)
+    policy.train(False)
+    out_media = []
+    for start in range(0, len(prompts), batch_size):
+        batch_prompts = prompts[start : start + batch_size]
+        batch_seeds = seeds[start : start + batch_size]
+        cond = policy.encode(batch_prompts)
+        x = torch.cat(
+            [policy.initial_noise(1, torch.Generator(device).manual_seed(s)) for s in batch_seeds]
+        )  # [b, *L]
+        gen = torch.Generator(device).manual_seed(batch_seeds[0] + 1_000_003)
+        b = x.shape[0]
+        for k in range(schedule.num_steps):
+            t = schedule.timesteps[k].expand(b)
+            k_idx = torch.full((b,), k, dtype=torch.long, device=device)
+            v = policy.predict(x, t, cond)
+            x = sampler.step(v, x, k_idx, schedule, generator=gen, deterministic=deterministic)
+            x = x.next_latents
+        out_media.append(policy.decode(x).cpu())
+    return torch.cat(out_media)
+
+
+def resolve_trained(path: Path) -> tuple[Path, dict[str, Any] | None]:
+    """Find trained weights from a run directory, a checkpoint directory or its trained/ folder.
+
+    Returns the weights folder and, when ``path`` belongs to a run, that run's resolved config.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist (expected a run directory or a checkpoint).")
+    run_dir = None
+    if (path / "checkpoints" / "latest").is_file():
+        run_dir = path
+        path = path / "checkpoints" / (path / "checkpoints" / "latest").read_text().strip()
+    if (path / "trained").is_dir():
+        run_dir = run_dir or (path.parent.parent if path.parent.name == "checkpoints" else None)
+        path = path / "trained"
+    config = None
+    if run_dir is not None and (run_dir / "config.toml").is_file():
+        config = tomllib.loads((run_dir / "config.toml").read_text())
+    return path, config
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "prompt"
+
+
+def save_media(
+    media: torch.Tensor, prompts: list[Prompt], seeds: list[int], out_dir: Path
+) -> list[Path]:
+    """Write one PNG per image (videos: a strip of their frames) named by index, prompt and seed."""
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (m, p, s) in enumerate(zip(media, prompts, seeds, strict=True)):
+        if m.ndim == 4:  # [C, F, H, W] -> frames side by side
+            m = torch.cat(list(m.unbind(1)), dim=-1)
+        array = (m.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        path = out_dir / f"{i:04d}-{_slug(p.text)}-seed{s}.png"
+        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,115 @@
+"""The `dance` command: errors as one line with exit code 2, plugins listing, a toy run."""
+
+import json
+
+import pytest
+
+import dance.registry
+from dance.cli import main
+from dance.registry import load_registry
+from dance.testing import toy_policy
+
+BUILT_INS = {"advantages", "flow-samplers", "flux", "jpeg", "binary"}
+
+
+@pytest.fixture
+def toy_registry(monkeypatch):
+    registry = load_registry(extra={"toy": toy_policy})
+    monkeypatch.setattr(dance.registry, "_REGISTRY", registry)
+    return registry
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+TOY = ["run", "--policy", "toy-flow", "--reward", "jpeg-compressibility", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--policy", "flx", "--reward", "jpeg-compressibility"], "Did you mean 'flux'"),
+        (["run", "--policy", "toy-flow", "--reward", "jpeg"], "unknown reward 'jpeg'"),
+        ([*TOY, "trainer.group_size=1"], "group_size must be at least 2"),
+        ([*TOY, "trainer.timestep_fraction=0"], "timestep_fraction must be greater than 0"),
+        ([*TOY, "trainer.timestep_fraction=1.5"], "timestep_fraction must be at most 1"),
+        ([*TOY, "trainer.learning_rate=-1e-5"], "learning_rate must be greater than 0"),
+        ([*TOY, "trainer.lr=1e-5"], "unknown config field 'trainer.lr'"),
+        ([*TOY, "trainer"], "section.field=value"),
+        (["run", "--polcy", "flux"], "No such option"),
+        (["run"], "nothing to run"),
+        (["run", "--policy", "toy-flow"], "no reward chosen"),
+        (["run", "--recipe", "missing.toml"], "does not exist"),
+        (["run", "--recipe", "no-such-recipe"], "unknown recipe"),
+        (["sample", "--policy", "toy-flow"], "no prompt given"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(toy_registry, capsys, args, message):
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_malformed_recipe(toy_registry, capsys, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[policy\nname = 'flux'")
+    code, _, err = run_cli(["run", "--recipe", str(recipe)], capsys)
+    assert code == 2 and "not valid TOML" in err
+
+
+def test_plugins_json_lists_every_built_in(capsys):
+    dance.registry.reset_registry()
+    code, out, _ = run_cli(["plugins", "--json"], capsys)
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert BUILT_INS <= set(rows)
+    for name in BUILT_INS:
+        assert rows[name]["loaded"], rows[name]["error"]
+        assert rows[name]["version"] and rows[name]["distribution"]
+    registered = {(c["kind"], c["name"]) for row in rows.values() for c in row["registers"]}
+    assert {
+        ("policy", "flux"),
+        ("sampler", "dance-sde"),
+        ("sampler", "flow-sde"),
+        ("reward", "jpeg-compressibility"),
+        ("reward", "binary"),
+        ("advantage", "group"),
+    } <= registered
+
+
+def test_plugins_options_print_fields(capsys):
+    dance.registry.reset_registry()
+    code, out, _ = run_cli(["plugins", "--options"], capsys)
+    assert code == 0
+    assert "eta (float) = 0.3" in out and "lora_rank (int) = 128" in out
+
+
+def test_toy_run_then_resume_then_sample(toy_registry, capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    args = [*TOY, "--output-dir", str(out_dir), "trainer.iterations=1", "trainer.group_size=2"]
+    args += ["trainer.prompts_per_iteration=2", "sampler.num_steps=3"]
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0 and "finished after 1 iterations" in out
+    # the same directory again without --resume is refused rather than overwritten
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "--resume" in err
+    code, out, _ = run_cli(
+        ["run", "--resume", "--no-progress", "--output-dir", str(out_dir), "trainer.iterations=2"],
+        capsys,
+    )
+    assert code == 0 and "after 2 iterations" in out
+    code, out, _ = run_cli(
+        ["sample", "--lora", str(out_dir), "--prompt", "a cat", "--num-per-prompt", "2"]
+        + ["--output-dir", str(tmp_path / "s")],
+        capsys,
+    )
+    assert code == 0
+    manifest = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert manifest["policy"] == "toy-flow" and len(manifest["images"]) == 2
+    assert [img["seed"] for img in manifest["images"]] == [0, 1]
