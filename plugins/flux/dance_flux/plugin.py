@@ -1,0 +1,13 @@
+"""Entry point of the FLUX plugin: registers the ``flux`` policy with dance."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dance
+from dance_flux.policy import FluxPolicy
+
+
+@dance.hookimpl
+def register_policies(register: Callable[[type], None]) -> None:
+    register(FluxPolicy)
