@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from dance_binary import BinaryConfig, BinaryReward
-from dance_jpeg import JpegIncompressibility
 
 import dance
 import dance.registry
@@ -16,6 +14,8 @@ from dance.config import build, option
 from dance.errors import ConfigError, UsageError
 from dance.interfaces import Prompt, Reward, RewardOutput, Runtime
 from dance.testing.reward_contract import RewardContract
+from dance_binary import BinaryConfig, BinaryReward
+from dance_jpeg import JpegIncompressibility
 
 
 @dataclass

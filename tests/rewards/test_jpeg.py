@@ -7,7 +7,6 @@ import io
 import numpy as np
 import pytest
 import torch
-from dance_jpeg import JpegCompressibility, JpegConfig, JpegIncompressibility, to_uint8
 from PIL import Image
 
 from dance.config import build
@@ -15,6 +14,7 @@ from dance.errors import ConfigError
 from dance.interfaces import Prompt, Runtime
 from dance.registry import load_registry
 from dance.testing.reward_contract import RewardContract
+from dance_jpeg import JpegCompressibility, JpegConfig, JpegIncompressibility, to_uint8
 
 
 def _size_kb(image: torch.Tensor, quality: int = 95) -> float:

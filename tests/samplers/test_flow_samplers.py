@@ -11,6 +11,9 @@ import math
 
 import pytest
 import torch
+
+from dance.config import ConfigError, build, describe
+from dance.interfaces import Runtime, Sampler, Schedule, StepOutput
 from dance_flow_samplers import (
     CPSSampler,
     DanceSDESampler,
@@ -18,9 +21,6 @@ from dance_flow_samplers import (
     FlowSDESampler,
     shifted_sigmas,
 )
-
-from dance.config import ConfigError, build, describe
-from dance.interfaces import Runtime, Sampler, Schedule, StepOutput
 
 STOCHASTIC = {"dance-sde": DanceSDESampler, "flow-sde": FlowSDESampler, "cps": CPSSampler}
 ALL = {**STOCHASTIC, "ode": EulerODESampler}

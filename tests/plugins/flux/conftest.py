@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from dance_flux.policy import FluxConfig, FluxPolicy
-from dance_flux.tiny import build_tiny_flux
 
 from dance.config import build
 from dance.interfaces import Runtime
+from dance_flux.policy import FluxConfig, FluxPolicy
 
 # Small settings: a 32x32 image is a 16x16 latent (VAE factor 2), 64 packed tokens of 16 channels.
 SIZE = 32
 T5_LEN = 16
 RANK, ALPHA = 4, 8.0  # alpha != rank, so that a lost alpha would change the LoRA scale
-
-
-@pytest.fixture(scope="session")
-def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("flux") / "tiny-flux"
-    start = time.perf_counter()
-    build_tiny_flux(path, seed=0)
-    assert time.perf_counter() - start < 10, "the tiny checkpoint should build in about a second"
-    return path
 
 
 @pytest.fixture

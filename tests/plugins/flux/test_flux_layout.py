@@ -7,12 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dance_flux.layout import check_layout, resolve_model
-from dance_flux.policy import FluxConfig, FluxPolicy
 
 from dance.config import build
 from dance.errors import ConfigError, ModelLayoutError, UsageError
 from dance.interfaces import Runtime
+from dance_flux.layout import check_layout, resolve_model
+from dance_flux.policy import FluxConfig, FluxPolicy
 
 
 @pytest.fixture

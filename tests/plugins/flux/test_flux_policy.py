@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from dance_flux.policy import FluxPolicy
 
 from dance.interfaces import Conditioning, Prompt
+from dance_flux.policy import FluxPolicy
 
 PROMPTS = ["a photo of a cat", "a red fox in the snow, cinematic lighting", "a photo of a cat"]
 
@@ -217,8 +217,9 @@ def test_decode_gives_pixels_in_unit_range(make_policy) -> None:
 
 
 def test_schnell_without_guidance_embedding(tmp_path: Path, make_policy, caplog) -> None:
-    from dance_flux.tiny import build_tiny_flux
     from diffusers import FluxTransformer2DModel
+
+    from dance_flux.tiny import build_tiny_flux
 
     path = build_tiny_flux(tmp_path / "schnell", guidance_embeds=False)
     with caplog.at_level(logging.WARNING, logger="dance_flux.policy"):
@@ -242,10 +243,9 @@ def test_schnell_without_guidance_embedding(tmp_path: Path, make_policy, caplog)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_keeps_frozen_parts_in_bf16(tiny_flux: Path) -> None:
-    from dance_flux.policy import FluxConfig
-
     from dance.config import build
     from dance.interfaces import Runtime
+    from dance_flux.policy import FluxConfig
 
     config = build(FluxConfig, {"model": str(tiny_flux), "height": 32, "width": 32})
     config.max_sequence_length, config.lora_rank, config.lora_alpha = 16, 4, 8.0

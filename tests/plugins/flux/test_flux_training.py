@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from dance_flux.policy import FluxConfig, FluxPolicy
 
 from dance.config import build
 from dance.errors import UsageError
 from dance.interfaces import Prompt, Runtime
+from dance_flux.policy import FluxConfig, FluxPolicy
 
 
 def inputs(policy: FluxPolicy, seed: int = 0):
