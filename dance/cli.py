@@ -86,6 +86,7 @@ def run(
     from dance.recipe import resolve
     from dance.registry import get_registry
 
+    _quiet_libraries()
     registry = get_registry()
     if resume and recipe is None and (output_dir / "config.toml").is_file():
         # Resuming takes the run's own resolved config; overrides still apply on top.
@@ -111,6 +112,15 @@ def run(
         f"{what} after {summary['iterations']} iterations; checkpoint: {summary['checkpoint']}; "
         f"metrics: {output_dir / 'metrics.jsonl'}"
     )
+
+
+def _quiet_libraries() -> None:
+    """diffusers and transformers print a progress bar per loaded component; dance has its own."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def _init_distributed() -> None:
@@ -145,6 +155,7 @@ def sample(
     from dance.recipe import apply_override
     from dance.registry import get_registry
 
+    _quiet_libraries()
     registry = get_registry()
     raw: dict[str, Any] = {"policy": {}, "sampler": {}}
     if lora is not None:
