@@ -107,6 +107,10 @@ def run(
         resolved, output_dir, runtime=Runtime.auto(device), registry=registry, progress=progress
     )
     summary = trainer.run(resume=resume)
+    import dance.distributed as dist
+
+    if not dist.is_main():
+        return
     what = "stopped by Ctrl-C" if summary["interrupted"] else "finished"
     typer.echo(
         f"{what} after {summary['iterations']} iterations; checkpoint: {summary['checkpoint']}; "
