@@ -490,12 +490,13 @@ class GRPOTrainer:
         }
 
     def _headline(self, metrics: dict[str, float]) -> str:
+        """Progress-bar text: the mean of each reward and the speed."""
         rewards = [
-            f"{k[7:-5]} {v:+.4g}"
-            for k, v in metrics.items()
-            if k.startswith("reward/") and k.endswith("/mean")
+            f"{key[len('reward/') : -len('/mean')]} {value:+.4g}"
+            for key, value in metrics.items()
+            if key.startswith("reward/") and key.endswith("/mean")
         ]
-        return " ".join(rewards)
+        return " ".join(rewards) + f"  {metrics['time/iteration']:.2f} s/it"
 
     @contextlib.contextmanager
     def _graceful_interrupt(self):  # noqa: ANN202
