@@ -25,6 +25,8 @@ app = typer.Typer(
     help="GRPO post-training for image and video generators (DanceGRPO).",
 )
 
+DEFAULT_RECIPE = "demo"
+
 Overrides = Annotated[
     list[str] | None,
     typer.Argument(help="key=value overrides of any config field, e.g. trainer.group_size=8"),
@@ -96,9 +98,9 @@ def run(
             f"{output_dir} already holds a run; pass --resume to continue it, or choose another "
             "--output-dir."
         )
+    if recipe is None and policy is None:
+        recipe = DEFAULT_RECIPE  # `dance run` alone: the bundled demo
     raw = _raw_recipe(recipe, policy, model, sampler, reward, overrides)
-    if recipe is None and not raw:
-        raise UsageError("nothing to run: pass --policy and --reward, or --recipe NAME.")
     resolved = resolve(raw, registry)
     _init_distributed()
     from dance.interfaces import Runtime
@@ -111,11 +113,22 @@ def run(
 
     if not dist.is_main():
         return
+    _print_summary(summary, output_dir)
+
+
+def _print_summary(summary: dict[str, Any], output_dir: Path) -> None:
     what = "stopped by Ctrl-C" if summary["interrupted"] else "finished"
     typer.echo(
-        f"{what} after {summary['iterations']} iterations; checkpoint: {summary['checkpoint']}; "
-        f"metrics: {output_dir / 'metrics.jsonl'}"
+        f"{what} after {summary['iterations']} iterations; checkpoint: {summary['checkpoint']}"
     )
+    before, after = summary.get("eval_before"), summary.get("eval_after")
+    if before and after:
+        typer.echo(f"evaluation on {after['images']} held-out images, before -> after training:")
+        for key in ("reward_mean", "success_rate"):
+            if key in before and key in after:
+                typer.echo(f"  {key:<13} {before[key]:.3f} -> {after[key]:.3f}")
+    files = summary.get("files", {})
+    typer.echo("files: " + ", ".join(str(output_dir / name) for name in files.values()))
 
 
 def _quiet_libraries() -> None:

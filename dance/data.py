@@ -12,9 +12,19 @@ from dance.interfaces import Prompt
 
 
 def read_prompts(path: str) -> list[str]:
-    """One prompt per non-empty line; empty path = the bundled prompt list."""
+    """One prompt per non-empty line. ``path`` is a file, ``pkg:PACKAGE/FILE`` for a prompt list
+    shipped inside an installed package, or empty for dance's bundled list."""
     if not path:
         text = (resources.files("dance") / "data" / "prompts.txt").read_text()
+    elif path.startswith("pkg:"):
+        package, _, name = path[4:].partition("/")
+        try:
+            resource = resources.files(package) / name
+        except ModuleNotFoundError:
+            raise UsageError(f"prompt list {path}: no installed package '{package}'.") from None
+        if not name or not resource.is_file():
+            raise UsageError(f"prompt list {path}: package '{package}' has no file '{name}'.")
+        text = resource.read_text()
     else:
         p = Path(path)
         if not p.is_file():

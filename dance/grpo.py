@@ -17,6 +17,7 @@ Shapes: n = samples on this rank, N = sampling steps, *L = the policy's latent s
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 from dataclasses import dataclass
@@ -36,7 +37,9 @@ from dance.checkpoint import (
 from dance.data import PromptSource, read_prompts
 from dance.ema import EMA
 from dance.errors import ConfigError, RewardError, UsageError
+from dance.evaluation import Evaluator
 from dance.interfaces import Conditioning, Prompt, Reward, Runtime, StepOutput
+from dance.plots import before_after_grid, line_chart
 from dance.recipe import Recipe, RewardSpec, dumps_toml
 from dance.registry import Registry, get_registry
 from dance.run_log import RunLog, save_grid
@@ -111,7 +114,16 @@ class GRPOTrainer:
         self.iteration_done = 0
         self.last_checkpoint: Path | None = None
         self._stop_requested = False
+        self.evaluator = self._build_evaluator(registry)
         self.log = RunLog(self.output_dir, cfg.iterations, dist.is_main(), progress)
+
+    def _build_evaluator(self, registry: Registry) -> Evaluator | None:
+        ev = self.recipe.evaluation
+        if not ev.prompts:
+            return None
+        name = ev.reward or self.recipe.rewards[0].name
+        reward = next(r for spec, r in self.rewards.values() if spec.name == name)
+        return Evaluator(ev, self.recipe.sampler_options, reward, registry, self.runtime)
 
     def _build_rewards(
         self, specs: list[RewardSpec], registry: Registry
@@ -461,10 +473,16 @@ class GRPOTrainer:
             (self.output_dir / "config.toml").write_text(dumps_toml(self.recipe.to_toml_dict()))
 
     def run(self, resume: bool = False) -> dict[str, Any]:
-        """Run the remaining iterations; Ctrl-C stops after the current one, with a checkpoint."""
+        """Run the remaining iterations; Ctrl-C stops after the current one, with a checkpoint.
+
+        With ``[evaluation]``, the held-out set is scored before the first iteration and after
+        the last; ``summary.json`` and ``reward_curve.png`` are written at the end.
+        """
         self.write_config()
         if resume:
             self.resume()
+        if self.evaluator is not None and not (self.output_dir / "eval" / "before.json").exists():
+            self.evaluate("before")
         self.log.start_at(self.iteration_done)
         last: dict[str, float] = {}
         with self._graceful_interrupt():
@@ -482,12 +500,61 @@ class GRPOTrainer:
         ):
             self.save()
         self.log.close()
-        return {
+        if self.evaluator is not None:
+            self.evaluate("after")
+        summary = {
             "iterations": self.iteration_done,
             "interrupted": self._stop_requested,
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "metrics": last,
         }
+        if dist.is_main():
+            summary.update(self.write_report())
+        return summary
+
+    def evaluate(self, stage: str) -> dict[str, float] | None:
+        """Score the evaluation set with the current weights; kept under ``eval/``."""
+        assert self.evaluator is not None
+        result = None
+        if dist.is_main():
+            result, media = self.evaluator(self.policy)
+            folder = self.output_dir / "eval"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{stage}.json").write_text(json.dumps(result, indent=2) + "\n")
+            pixels = (media.clamp(0, 1) * 255).round().to(torch.uint8)
+            torch.save(pixels, folder / f"{stage}.pt")
+        dist.barrier()
+        return result
+
+    def write_report(self) -> dict[str, Any]:
+        """summary.json, reward_curve.png and, after an evaluation, eval_grid.png."""
+        out = self.output_dir
+        history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        curves = (
+            {
+                key[len("reward/") : -len("/mean")]: [(h["iteration"], h[key]) for h in history]
+                for key in history[-1]
+                if key.startswith("reward/") and key.endswith("/mean")
+            }
+            if history
+            else {}
+        )
+        files = {"metrics": "metrics.jsonl", "config": "config.toml"}
+        if curves:
+            line_chart(curves, out / "reward_curve.png", "mean reward per iteration")
+            files["reward_curve"] = "reward_curve.png"
+        report: dict[str, Any] = {"iterations": self.iteration_done, "files": files}
+        folder = out / "eval"
+        if (folder / "before.json").is_file() and (folder / "after.json").is_file():
+            report["eval_before"] = json.loads((folder / "before.json").read_text())
+            report["eval_after"] = json.loads((folder / "after.json").read_text())
+            before = torch.load(folder / "before.pt", weights_only=True).float() / 255
+            after = torch.load(folder / "after.pt", weights_only=True).float() / 255
+            before_after_grid(before, after, out / "eval_grid.png")
+            files["eval_grid"] = "eval_grid.png"
+        files["summary"] = "summary.json"
+        (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
 
     def _headline(self, metrics: dict[str, float]) -> str:
         """Progress-bar text: the mean of each reward and the speed."""

@@ -36,6 +36,7 @@ from typing import Any
 
 from dance.config import build, parse_value, to_dict
 from dance.errors import ConfigError, UsageError, did_you_mean
+from dance.evaluation import EvaluationConfig
 from dance.trainer_config import TrainerConfig
 
 if sys.version_info >= (3, 11):
@@ -43,7 +44,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-SECTIONS = ("policy", "sampler", "rewards", "advantage", "trainer")
+SECTIONS = ("policy", "sampler", "rewards", "advantage", "trainer", "evaluation")
 REWARD_KEYS = ("name", "weight", "component")
 DEFAULT_SAMPLER = {"flow": "dance-sde", "epsilon": "ddim"}
 
@@ -74,6 +75,7 @@ class Recipe:
     advantage: str
     advantage_options: dict[str, Any]
     trainer: TrainerConfig
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_toml_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class Recipe:
             ],
             "advantage": {"name": self.advantage, **self.advantage_options},
             "trainer": to_dict(self.trainer),
+            "evaluation": to_dict(self.evaluation),
         }
 
 
@@ -247,6 +250,9 @@ def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
     adv_cfg = build(adv_cls.config_class, adv_raw, prefix="advantage.")
 
     trainer = build(TrainerConfig, raw.get("trainer", {}), prefix="trainer.")
+    evaluation = build(EvaluationConfig, raw.get("evaluation", {}), prefix="evaluation.")
+    if evaluation.prompts:
+        _check_evaluation(evaluation, rewards, registry)
     if not sampler_cls.stochastic:
         raise ConfigError(
             f"sampler '{sampler_name}' is deterministic and has no transition density to train "
@@ -261,7 +267,24 @@ def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
         advantage=adv_name,
         advantage_options=to_dict(adv_cfg),
         trainer=trainer,
+        evaluation=evaluation,
     )
+
+
+def _check_evaluation(cfg: EvaluationConfig, rewards: list[RewardSpec], registry: Any) -> None:
+    names = [r.name for r in rewards]
+    if cfg.reward and cfg.reward not in names:
+        raise ConfigError(
+            f"evaluation.reward '{cfg.reward}' is not one of the recipe's rewards "
+            f"({', '.join(names)}).{did_you_mean(cfg.reward, names)}"
+        )
+    reward_cls = registry.get("reward", cfg.reward or names[0])
+    if cfg.success and cfg.success not in reward_cls.components:
+        raise ConfigError(
+            f"evaluation.success: reward '{reward_cls.name}' has no component '{cfg.success}' "
+            f"(components: {', '.join(reward_cls.components)})."
+        )
+    registry.get("sampler", cfg.sampler)
 
 
 def _resolve_reward(entry: dict[str, Any], policy_cls: type, registry: Any) -> RewardSpec:

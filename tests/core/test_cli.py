@@ -41,7 +41,6 @@ TOY = ["run", "--policy", "toy-flow", "--reward", "jpeg-compressibility", "--no-
         ([*TOY, "trainer.lr=1e-5"], "unknown config field 'trainer.lr'"),
         ([*TOY, "trainer"], "section.field=value"),
         (["run", "--polcy", "flux"], "No such option"),
-        (["run"], "nothing to run"),
         (["run", "--policy", "toy-flow"], "no reward chosen"),
         (["run", "--recipe", "missing.toml"], "does not exist"),
         (["run", "--recipe", "no-such-recipe"], "unknown recipe"),
@@ -96,6 +95,7 @@ def test_toy_run_then_resume_then_sample(toy_registry, capsys, tmp_path):
     args += ["trainer.prompts_per_iteration=2", "sampler.num_steps=3"]
     code, out, _ = run_cli(args, capsys)
     assert code == 0 and "finished after 1 iterations" in out
+    assert "summary.json" in out and "reward_curve.png" in out
     # the same directory again without --resume is refused rather than overwritten
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "--resume" in err

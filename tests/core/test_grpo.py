@@ -1,5 +1,7 @@
 """The GRPO loop on the toy policy: layouts, update, checkpoints, failures."""
 
+import json
+import math
 import os
 import signal
 import sys
@@ -51,8 +53,9 @@ def registry():
     return load_registry(extra={"toy": toy_policy, "flaky": _flaky_plugin})
 
 
-def make_trainer(registry, tmp_path, trainer=None, rewards=None, sampler=None):
+def make_trainer(registry, tmp_path, trainer=None, rewards=None, sampler=None, evaluation=None):
     raw = {
+        "evaluation": evaluation or {},
         "policy": {"name": "toy-flow"},
         "sampler": sampler or {"name": "dance-sde", "num_steps": 6},
         "rewards": rewards or [{"name": "jpeg-incompressibility"}],
@@ -164,7 +167,6 @@ def test_run_writes_its_files(registry, tmp_path):
     make_trainer(registry, tmp_path, {"ema_decay": 0.9}).run()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
-    import json
 
     m = json.loads(lines[-1])
     for key in (
@@ -245,3 +247,18 @@ def test_deterministic_sampler_is_rejected(registry):
     }
     with pytest.raises(dance.errors.ConfigError, match="deterministic"):
         resolve(raw, registry)
+
+
+def test_evaluation_before_and_after_with_report(registry, tmp_path):
+    evaluation = {"prompts": "pkg:dance/data/prompts.txt", "seeds": 1, "num_steps": 3}
+    summary = make_trainer(registry, tmp_path, evaluation=evaluation).run()
+    report = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["eval_before"] == report["eval_before"]
+    for stage in ("eval_before", "eval_after"):
+        assert report[stage]["images"] == 32
+        assert math.isfinite(report[stage]["reward_mean"])
+    # The LoRA delta starts at zero, so 'before' is the base model; training changed the images.
+    assert report["eval_before"]["reward_mean"] != report["eval_after"]["reward_mean"]
+    for name in ("eval_grid.png", "reward_curve.png", "summary.json"):
+        assert (tmp_path / name).is_file()
+    assert report["files"]["eval_grid"] == "eval_grid.png"

@@ -104,3 +104,32 @@ def test_toml_writer_round_trips():
         "trainer": {"learning_rate": 1e-5, "prompts": 'say "hi"\\', "share_initial_noise": True},
     }
     assert tomllib.loads(dumps_toml(data)) == data
+
+
+def test_prompt_lists_from_packages():
+    from dance.data import read_prompts
+
+    prompts = read_prompts("pkg:dance/data/prompts.txt")
+    assert prompts == read_prompts("")
+    with pytest.raises(UsageError, match="no installed package 'nope'"):
+        read_prompts("pkg:nope/x.txt")
+    with pytest.raises(UsageError, match="has no file 'missing.txt'"):
+        read_prompts("pkg:dance/missing.txt")
+
+
+def test_evaluation_section_is_checked():
+    from dance.recipe import resolve
+    from dance.registry import load_registry
+    from dance.testing import toy_policy
+
+    registry = load_registry(extra={"toy": toy_policy})
+    raw = {
+        "policy": {"name": "toy-flow"},
+        "rewards": [{"name": "jpeg-compressibility"}],
+        "evaluation": {"prompts": "pkg:dance/data/prompts.txt", "reward": "jpeg"},
+    }
+    with pytest.raises(ConfigError, match="not one of the recipe's rewards"):
+        resolve(raw, registry)
+    raw["evaluation"] = {"prompts": "x.txt", "success": "success"}
+    with pytest.raises(ConfigError, match="has no component 'success'"):
+        resolve(raw, registry)

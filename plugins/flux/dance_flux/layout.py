@@ -36,8 +36,26 @@ FROZEN_WEIGHTS = ("vae", "text_encoder", "text_encoder_2")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+BUNDLED_PREFIX = "bundled:"
+
+
+def bundled_models() -> list[str]:
+    """Names of the checkpoints shipped inside this package (``bundled:NAME``)."""
+    root = Path(__file__).parent / "bundled"
+    return sorted(p.name for p in root.iterdir() if (p / "model_index.json").is_file())
+
+
 def resolve_model(model: str, cache_dir: str | Path | None = None) -> Path:
-    """The checked checkpoint directory for ``model`` (a local path or a cached repo id)."""
+    """The checked checkpoint directory for ``model``: a local path, a cached repo id, or
+    ``bundled:NAME`` for a checkpoint shipped inside this package."""
+    if model.startswith(BUNDLED_PREFIX):
+        name = model[len(BUNDLED_PREFIX) :]
+        path = Path(__file__).parent / "bundled" / name
+        if not (path / "model_index.json").is_file():
+            known = ", ".join(bundled_models()) or "none"
+            raise ModelLayoutError(f"no bundled model '{name}' (bundled: {known}).")
+        check_layout(path)
+        return path
     path = Path(model).expanduser()
     if path.is_dir():
         check_layout(path)

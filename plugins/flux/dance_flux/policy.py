@@ -217,8 +217,8 @@ class FluxPolicy(Policy):
 
         self.latent_channels = self.transformer.config.in_channels // 4
         self.guidance_embeds = bool(self.transformer.config.guidance_embeds)
-        if not self.guidance_embeds:
-            logger.warning(
+        if not self.guidance_embeds:  # info, not a warning: schnell-style models are legitimate
+            logger.info(
                 "the FLUX transformer in %s has no guidance embedding (guidance_embeds=false, as in"
                 " FLUX.1-schnell): policy.guidance=%s is ignored",
                 path,

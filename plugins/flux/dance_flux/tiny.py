@@ -16,6 +16,7 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,11 +35,13 @@ mirror bed kitchen room wearing holding riding sitting standing running flying s
 dancing reading playing looking
 style oil watercolor digital cinematic lighting detailed realistic highly quality resolution sharp
 soft focus depth field lens camera shot wide angle macro studio anime cartoon pixel art vintage
+circle circles square squares triangle triangles two three left right top bottom
 """
 WORDS = _WORD_TEXT.split()
 
 # Printable ASCII: every character of a test prompt gets a token of its own rather than <unk>.
 ASCII = [chr(c) for c in range(33, 127)]
+TEXT_DIM = 32  # hidden size of both tiny text encoders
 CLIP_SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
 T5_SPECIALS = ["<pad>", "</s>", "<unk>"]
 
@@ -82,7 +85,7 @@ def _learn_bpe_merges(counts: Counter[str], num_merges: int) -> list[tuple[str, 
     return merges
 
 
-def _clip_tokenizer():
+def clip_tokenizer():
     """Byte-level BPE with CLIP's normalisation, pre-tokenisation, </w> suffix and special tokens,
     wrapped in the transformers CLIP fast tokenizer (the class FLUX's tokenizer/ folder names)."""
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
@@ -138,7 +141,7 @@ def _clip_tokenizer():
     )
 
 
-def _t5_tokenizer():
+def t5_tokenizer():
     """Unigram with T5's Metaspace pre-tokenisation and ids <pad>=0, </s>=1, <unk>=2, wrapped in
     the transformers T5 fast tokenizer (no sentinel tokens: the encoder never needs them).
 
@@ -182,6 +185,48 @@ def _axes_dims(head_dim: int) -> tuple[int, int, int]:
     return (head_dim - 2 * side, side, side)
 
 
+def tiny_text_encoders(tokenizer: Any, tokenizer_2: Any) -> tuple[Any, Any]:
+    """Random tiny CLIP and T5 (v1.1) text encoders for the tiny tokenizers, drawn from the
+    global RNG (seed it, or fork it, around the call)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    text_dim = TEXT_DIM
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=text_dim,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=text_dim,
+            hidden_act="quick_gelu",
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2),
+            d_model=text_dim,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=32,
+            feed_forward_proj="gated-gelu",  # T5 v1.1, as in FLUX's text_encoder_2
+            tie_word_embeddings=False,
+            dropout_rate=0.0,
+            pad_token_id=tokenizer_2.pad_token_id,
+            eos_token_id=tokenizer_2.eos_token_id,
+            decoder_start_token_id=tokenizer_2.pad_token_id,
+        )
+    )
+    return text_encoder, text_encoder_2
+
+
 def build_tiny_flux(
     path: str | Path,
     seed: int = 0,
@@ -204,51 +249,18 @@ def build_tiny_flux(
         FluxPipeline,
         FluxTransformer2DModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     if width % num_attention_heads or (width // num_attention_heads) % 2:
         raise ValueError(f"width {width} must be num_attention_heads x an even head dim")
     head_dim = width // num_attention_heads
-    text_dim = 32
+    text_dim = TEXT_DIM
 
-    tokenizer = _clip_tokenizer()
-    tokenizer_2 = _t5_tokenizer()
+    tokenizer = clip_tokenizer()
+    tokenizer_2 = t5_tokenizer()
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=text_dim,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                projection_dim=text_dim,
-                hidden_act="quick_gelu",
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
-        text_encoder_2 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(tokenizer_2),
-                d_model=text_dim,
-                d_kv=8,
-                d_ff=37,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                relative_attention_max_distance=32,
-                feed_forward_proj="gated-gelu",  # T5 v1.1, as in FLUX's text_encoder_2
-                tie_word_embeddings=False,
-                dropout_rate=0.0,
-                pad_token_id=tokenizer_2.pad_token_id,
-                eos_token_id=tokenizer_2.eos_token_id,
-                decoder_start_token_id=tokenizer_2.pad_token_id,
-            )
-        )
+        text_encoder, text_encoder_2 = tiny_text_encoders(tokenizer, tokenizer_2)
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,

@@ -222,7 +222,7 @@ def test_schnell_without_guidance_embedding(tmp_path: Path, make_policy, caplog)
     from dance_flux.tiny import build_tiny_flux
 
     path = build_tiny_flux(tmp_path / "schnell", guidance_embeds=False)
-    with caplog.at_level(logging.WARNING, logger="dance_flux.policy"):
+    with caplog.at_level(logging.INFO, logger="dance_flux.policy"):
         policy = make_policy(model=str(path), guidance=7.0)
     assert "guidance" in caplog.text and "ignored" in caplog.text
     latents, sigmas, cond = inputs(policy)
