@@ -13,7 +13,8 @@ checks and how they combine are this package's own definitions, not taken from a
 * ``shape``: the fraction of those components classified as the requested shape (0 when none).
 * ``position``: the fraction of those components whose centroid lies in the requested half of the
   image (left: x < W/2, right: x > W/2, top: y < H/2, bottom: y > H/2; looser than the renderer's
-  45% bands) and 0 when there are none; always 1 when the prompt names no position.
+  45% bands); 1 when the prompt names no position; 0 when there are no such components, so that
+  an empty picture earns nothing (otherwise GRPO learns to draw nothing for prompts it gets wrong).
 * ``score``: the mean of the four, in [0, 1]. ``success``: 1 when all four are exactly 1, else 0.
 
 A video scores as the mean over uniformly spaced frames (:mod:`dance.media`), so its ``success``
@@ -95,10 +96,10 @@ def check_scene(spec: SceneSpec, analysis: ImageAnalysis) -> dict[str, float]:
     color = wanted / (wanted + excess) if n > 0 else 0.0
     count = 0.5 ** abs(n - spec.count) if n > 0 else 0.0
     shape = sum(c.shape == spec.shape for c in components) / n if n > 0 else 0.0
-    if not spec.position:
-        position = 1.0
-    elif n == 0:
+    if n == 0:
         position = 0.0
+    elif not spec.position:
+        position = 1.0
     else:
         inside = [
             _in_region(spec.position, *c.centroid, analysis.height, analysis.width)

@@ -1,0 +1,68 @@
+"""The embedded default: `dance run` with no arguments on the bundled `bundled:shapes` model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import dance
+import dance_flux
+from dance.cli import main
+from dance.errors import ModelLayoutError
+from dance.registry import get_registry, reset_registry
+from dance_shapes.scenes import SceneSpec, render_tensor
+
+BUNDLED = Path(dance_flux.__file__).parent / "bundled" / "shapes"
+
+
+def test_bundled_model_is_small_and_in_the_flux_layout():
+    size = sum(f.stat().st_size for f in BUNDLED.rglob("*") if f.is_file())
+    assert size < 20e6
+    index = json.loads((BUNDLED / "model_index.json").read_text())
+    assert index["_class_name"] == "FluxPipeline"
+    reset_registry()
+    policy = get_registry().create(
+        "policy",
+        "flux",
+        {"model": "bundled:shapes", "height": 64, "width": 64, "max_sequence_length": 16},
+        dance.Runtime(),
+    )
+    assert policy.path == BUNDLED
+    with pytest.raises(ModelLayoutError, match="no bundled model 'nope'.*shapes"):
+        get_registry().create("policy", "flux", {"model": "bundled:nope"}, dance.Runtime())
+
+
+def test_binary_reward_over_the_shapes_score():
+    reset_registry()
+    binary = get_registry().create(
+        "reward",
+        "binary",
+        {"reward": "shapes", "component": "score", "threshold": 0.99},
+        dance.Runtime(),
+    )
+    spec = SceneSpec(2, "blue", "square", "on the left")
+    wrong = SceneSpec(2, "red", "square", "on the left")
+    media = torch.stack([render_tensor(spec, 64, 0), render_tensor(wrong, 64, 0)])
+    out = binary.score(media, [dance.Prompt(spec.prompt)] * 2)
+    assert out["binary"].tolist() == [1.0, 0.0]
+
+
+def test_dance_run_without_arguments_runs_the_demo(tmp_path, capsys):
+    reset_registry()
+    out_dir = tmp_path / "demo"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--no-progress", "--output-dir", str(out_dir)] + SHORT)
+    out, err = capsys.readouterr()
+    assert exc.value.code == 0, err
+    summary = json.loads((out_dir / "summary.json").read_text())
+    for stage in ("eval_before", "eval_after"):
+        assert {"reward_mean", "success_rate"} <= set(summary[stage])
+    for name in ("reward_curve.png", "eval_grid.png", "config.toml", "metrics.jsonl"):
+        assert (out_dir / name).is_file(), name
+    assert "reward_mean" in out and "success_rate" in out and "eval_grid.png" in out
+
+
+SHORT = ["trainer.iterations=2", "evaluation.seeds=1"]
