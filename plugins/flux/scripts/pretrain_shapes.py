@@ -3,8 +3,8 @@
     python plugins/flux/scripts/pretrain_shapes.py --out plugins/flux/dance_flux/bundled/shapes
 
 Reproducible from ``--seed`` on a 2-core CPU in under 30 minutes. The model is a real FLUX
-checkpoint in the diffusers layout, only small: random frozen tiny CLIP and T5 text encoders with the
-tiny tokenizers of `dance_flux.tiny`, an AutoencoderKL trained here on the scenes, and a
+checkpoint in the diffusers layout, only small: random frozen tiny CLIP and T5 text encoders with
+the tiny tokenizers of `dance_flux.tiny`, an AutoencoderKL trained here on the scenes, and a
 FluxTransformer2DModel trained by flow matching (Lipman et al. 2023; Esser et al. 2024's rectified
 flow: x_s = (1 - s) x0 + s eps, target velocity eps - x0, which is what FLUX predicts) on scenes of
 coloured shapes described by prompts ("two blue squares on the left"), rendered procedurally by
