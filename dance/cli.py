@@ -50,8 +50,8 @@ def _raw_recipe(
         raw.setdefault("policy", {})["name"] = policy
     if model:
         raw.setdefault("policy", {})["model"] = model
-    if sampler:
-        raw["sampler"] = {**raw.get("sampler", {}), "name": sampler}
+    if sampler and raw.get("sampler", {}).get("name") != sampler:
+        raw["sampler"] = {"name": sampler}  # the recipe's options were for another sampler
     if rewards:
         raw["rewards"] = [parse_reward_arg(r) for r in rewards]
     for assignment in overrides or []:
