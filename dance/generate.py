@@ -4,18 +4,54 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dance.errors import UsageError
-from dance.interfaces import Policy, Prompt, Sampler
+from dance.interfaces import Conditioning, Policy, Prompt, Sampler, Schedule, StepOutput
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
+
+
+def noise_from_seeds(policy: Policy, seeds: list[int]) -> torch.Tensor:
+    """Initial latents ``[n, *L]``, each drawn from its own seeded generator, so a sample's noise
+    does not depend on the batch (or the rank) it is drawn in."""
+    device = policy.runtime.device
+    return torch.cat(
+        [policy.initial_noise(1, torch.Generator(device).manual_seed(s)) for s in seeds]
+    )
+
+
+def denoise(
+    policy: Policy,
+    sampler: Sampler,
+    schedule: Schedule,
+    x: torch.Tensor,
+    cond: Conditioning,
+    generator: torch.Generator | None = None,
+    deterministic: bool = False,
+) -> Iterator[StepOutput]:
+    """The sampling loop: yield every step's output, starting from latents ``x [b, *L]``."""
+    b = x.shape[0]
+    for k in range(schedule.num_steps):
+        t = schedule.timesteps[k].expand(b)  # [b]
+        k_idx = torch.full((b,), k, dtype=torch.long, device=x.device)
+        out = sampler.step(
+            policy.predict(x, t, cond),
+            x,
+            k_idx,
+            schedule,
+            generator=generator,
+            deterministic=deterministic,
+        )
+        x = out.next_latents
+        yield out
 
 
 @torch.no_grad()
@@ -42,17 +78,10 @@ def generate(
         batch_prompts = prompts[start : start + batch_size]
         batch_seeds = seeds[start : start + batch_size]
         cond = policy.encode(batch_prompts)
-        x = torch.cat(
-            [policy.initial_noise(1, torch.Generator(device).manual_seed(s)) for s in batch_seeds]
-        )  # [b, *L]
+        x = noise_from_seeds(policy, batch_seeds)  # [b, *L]
         gen = torch.Generator(device).manual_seed(batch_seeds[0] + 1_000_003)
-        b = x.shape[0]
-        for k in range(schedule.num_steps):
-            t = schedule.timesteps[k].expand(b)
-            k_idx = torch.full((b,), k, dtype=torch.long, device=device)
-            v = policy.predict(x, t, cond)
-            x = sampler.step(v, x, k_idx, schedule, generator=gen, deterministic=deterministic)
-            x = x.next_latents
+        for out in denoise(policy, sampler, schedule, x, cond, gen, deterministic):
+            x = out.next_latents
         out_media.append(policy.decode(x).cpu())
     return torch.cat(out_media)
 

@@ -38,6 +38,7 @@ from dance.data import PromptSource, read_prompts
 from dance.ema import EMA
 from dance.errors import ConfigError, RewardError, UsageError
 from dance.evaluation import Evaluator
+from dance.generate import denoise, noise_from_seeds
 from dance.interfaces import Conditioning, Prompt, Reward, Runtime, StepOutput
 from dance.plots import before_after_grid, line_chart
 from dance.recipe import Recipe, RewardSpec, dumps_toml
@@ -194,12 +195,8 @@ class GRPOTrainer:
         batch and every rank draws its own."""
         cfg = self.cfg
         keys = global_index // cfg.group_size if cfg.share_initial_noise else global_index
-        parts = []
-        for key in keys.tolist():
-            seed = (cfg.seed * 1_000_003 + it) * 1_000_033 + key
-            g = torch.Generator(self.runtime.device).manual_seed(seed)
-            parts.append(self.policy.initial_noise(1, g))
-        return torch.cat(parts)
+        seeds = [(cfg.seed * 1_000_003 + it) * 1_000_033 + key for key in keys.tolist()]
+        return noise_from_seeds(self.policy, seeds)
 
     @torch.no_grad()
     def rollout(self, prompts: list[Prompt], global_index: torch.Tensor, it: int) -> Rollout:
@@ -216,20 +213,12 @@ class GRPOTrainer:
         )
         for start in range(0, n, cfg.rollout_batch_size):
             rows = slice(start, min(start + cfg.rollout_batch_size, n))
-            b = rows.stop - rows.start
             c = cond.select(torch.arange(rows.start, rows.stop))
-            x = noise[rows]  # [b, *L]
-            trajectory[rows, 0] = x
-            for k in range(steps):
-                t = sched.timesteps[k].expand(b)  # [b]
-                k_idx = torch.full((b,), k, dtype=torch.long, device=x.device)
-                out = self.sampler.step(
-                    self.policy.predict(x, t, c), x, k_idx, sched, generator=gen
-                )
-                x = out.next_latents
-                trajectory[rows, k + 1] = x
-                log_probs[rows, k] = out.log_prob
-            reward_latents[rows] = out.x0 if cfg.reward_on == "last_x0" else x
+            trajectory[rows, 0] = noise[rows]
+            for k, out in enumerate(denoise(self.policy, self.sampler, sched, noise[rows], c, gen)):
+                trajectory[rows, k + 1] = out.next_latents  # [b, *L]
+                log_probs[rows, k] = out.log_prob  # [b]
+            reward_latents[rows] = out.x0 if cfg.reward_on == "last_x0" else out.next_latents
         return Rollout(trajectory, log_probs, reward_latents, cond)
 
     # ---- reward -------------------------------------------------------------------------------
