@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 import dance.distributed as dist
+from dance.best_of_n import rows_to_train, select_extremes
 from dance.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -179,8 +180,11 @@ class GRPOTrainer:
 
         # ---- update ---------------------------------------------------------------------------
         clock = time.perf_counter()
+        if cfg.train_per_group:  # Best-of-N: only the extremes of each group [m <= n]
+            rollout, advantages = self.extremes(rollout, advantages_all, group_ids)
         self.policy.train(True)
         update_stats = self.update(rollout, advantages, it)
+        update_stats["trained_samples"] = float(torch.isfinite(advantages).sum())
         timings["update"] = time.perf_counter() - clock
 
         if cfg.sample_every and it % cfg.sample_every == 0 and dist.is_main():
@@ -272,6 +276,27 @@ class GRPOTrainer:
         return scores, components
 
     # ---- update -------------------------------------------------------------------------------
+
+    def extremes(
+        self, rollout: Rollout, advantages_all: torch.Tensor, group_ids: torch.Tensor
+    ) -> tuple[Rollout, torch.Tensor]:
+        """Best-of-N training: this rank's share of the k/2 best and k/2 worst samples of each
+        group (by the combined advantage ``[P*G]``), padded with zero-weight rows so every rank
+        runs the same number of micro-batches."""
+        rt = self.runtime
+        selected = select_extremes(advantages_all, group_ids, self.cfg.train_per_group)  # [P*G]
+        rows, real = rows_to_train(selected, self.local_samples, rt.rank, rt.world_size)  # [m]
+        first = rt.rank * self.local_samples
+        adv = advantages_all[(rows + first).to(advantages_all.device)]  # [m]
+        adv = torch.where(real.to(adv.device), adv, torch.full_like(adv, float("nan")))
+        dev_rows = rows.to(rollout.trajectory.device)
+        subset = Rollout(
+            trajectory=rollout.trajectory[dev_rows],  # [m, N + 1, *L]
+            log_probs=rollout.log_probs[dev_rows],  # [m, N]
+            reward_latents=rollout.reward_latents[dev_rows],  # [m, *L]
+            cond=rollout.cond.select(rows),  # [m, ...]
+        )
+        return subset, adv
 
     def update(self, rollout: Rollout, advantages: torch.Tensor, it: int) -> dict[str, float]:
         cfg, dev = self.cfg, self.runtime.device

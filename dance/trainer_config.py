@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dance.config import option
+from dance.errors import ConfigError
 
 
 @dataclass
@@ -18,6 +19,14 @@ class TrainerConfig:
     group_size: int = option(12, "samples drawn per prompt (G); advantages are relative", ge=2)
     share_initial_noise: bool = option(
         True, "start every sample of a group from the same initial noise (DanceGRPO)"
+    )
+    train_per_group: int = option(
+        0,
+        "Best-of-N training: update only on the k/2 highest- and k/2 lowest-advantage samples "
+        "of each group (k = this value, even, below group_size) while all group_size samples "
+        "set the group statistics; DanceGRPO's HunyuanVideo rolls out 24 and trains 8. "
+        "0 = train on every sample",
+        ge=0,
     )
     rollout_batch_size: int = option(4, "samples per forward pass during the rollout", ge=1)
     micro_batch_size: int = option(
@@ -71,3 +80,11 @@ class TrainerConfig:
         10, "checkpoint every N iterations (and at the end); 0 = end only", ge=0
     )
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep", ge=1)
+
+    def check(self) -> None:
+        k = self.train_per_group
+        if k and (k % 2 or k < 2 or k >= self.group_size):
+            raise ConfigError(
+                f"trainer.train_per_group must be 0 (train every sample) or an even number from 2 "
+                f"to group_size - 1 = {self.group_size - 1}, got {k}"
+            )

@@ -262,3 +262,27 @@ def test_evaluation_before_and_after_with_report(registry, tmp_path):
     for name in ("eval_grid.png", "reward_curve.png", "summary.json"):
         assert (tmp_path / name).is_file()
     assert report["files"]["eval_grid"] == "eval_grid.png"
+
+
+def test_best_of_n_trains_only_the_extremes(registry, tmp_path):
+    trainer = make_trainer(
+        registry, tmp_path, {"group_size": 6, "train_per_group": 2, "share_initial_noise": False}
+    )
+    seen = {}
+    real_compute, real_update = trainer.advantage.compute, trainer.update
+
+    def compute(*args, **kwargs):
+        seen["all"] = real_compute(*args, **kwargs)
+        return seen["all"]
+
+    def update(rollout, advantages, it):
+        seen["trained"], seen["rows"] = advantages.clone(), rollout.trajectory.shape[0]
+        return real_update(rollout, advantages, it)
+
+    trainer.advantage.compute, trainer.update = compute, update
+    metrics = trainer.iteration(0)
+    per_group = seen["all"].reshape(2, 6)
+    expected = torch.cat([per_group.min(dim=1).values, per_group.max(dim=1).values])
+    assert seen["rows"] == 4  # 2 prompts x k = 2, not 2 x 6
+    assert sorted(seen["trained"].tolist()) == sorted(expected.tolist())
+    assert metrics["trained_samples"] == 4

@@ -1,0 +1,105 @@
+"""Best-of-N: which samples are trained on, padding across ranks, and the pick at inference."""
+
+import pytest
+import torch
+
+from dance.best_of_n import pick_best, rows_to_train, select_extremes
+from dance.config import build
+from dance.errors import ConfigError
+from dance.trainer_config import TrainerConfig
+
+
+def brute_force(advantages: list[float], group_size: int, k: int) -> set[int]:
+    """The k/2 lowest and k/2 highest of each group, written out without torch."""
+    chosen: set[int] = set()
+    for start in range(0, len(advantages), group_size):
+        idx = list(range(start, start + group_size))
+        ranked = sorted(idx, key=lambda i: (advantages[i], i))
+        chosen |= set(ranked[: k // 2]) | set(ranked[-(k // 2) :])
+    return chosen
+
+
+@pytest.mark.parametrize("k", [2, 4, 6])
+def test_selects_the_extremes_of_every_group(k):
+    gen = torch.Generator().manual_seed(0)
+    advantages = torch.randn(3 * 8, generator=gen)
+    groups = torch.arange(24) // 8
+    mask = select_extremes(advantages, groups, k)
+    assert set(torch.nonzero(mask).squeeze(1).tolist()) == brute_force(advantages.tolist(), 8, k)
+    assert mask.reshape(3, 8).sum(dim=1).tolist() == [k, k, k]
+
+
+def test_groups_need_not_be_contiguous():
+    advantages = torch.tensor([5.0, -1.0, 0.0, 2.0, -3.0, 1.0, 0.5, 4.0])
+    groups = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    mask = select_extremes(advantages, groups, 2)
+    # group 0: 5, 0, -3, 0.5 -> 5 (index 0) and -3 (index 4); group 1: -1, 2, 1, 4 -> 1 and 7
+    assert torch.nonzero(mask).squeeze(1).tolist() == [0, 1, 4, 7]
+
+
+def test_ties_break_by_position():
+    advantages = torch.zeros(6)
+    mask = select_extremes(advantages, torch.zeros(6, dtype=torch.long), 2)
+    # stable sort of equal values: lowest = index 0, highest = index 5
+    assert torch.nonzero(mask).squeeze(1).tolist() == [0, 5]
+
+
+def test_excluded_samples_are_never_selected():
+    advantages = torch.tensor([float("nan"), 3.0, -2.0, 1.0, float("nan"), 0.0])
+    mask = select_extremes(advantages, torch.zeros(6, dtype=torch.long), 2)
+    assert torch.nonzero(mask).squeeze(1).tolist() == [1, 2]
+    # a group with no more than k finite samples keeps them all
+    small = select_extremes(advantages, torch.zeros(6, dtype=torch.long), 4)
+    assert torch.nonzero(small).squeeze(1).tolist() == [1, 2, 3, 5]
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_k_must_be_even_and_positive(k):
+    with pytest.raises(ValueError, match="even"):
+        select_extremes(torch.zeros(4), torch.zeros(4, dtype=torch.long), k)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4, 6])
+def test_groups_spanning_ranks(world_size):
+    """Gathered advantages of 2 prompts x 12 samples, split over ranks: each rank trains its
+    own selected rows, all ranks run the same number of rows, and together they train exactly
+    the selected samples."""
+    gen = torch.Generator().manual_seed(world_size)
+    advantages = torch.randn(24, generator=gen)  # what every rank holds after the all-gather
+    groups = torch.arange(24) // 12
+    selected = select_extremes(advantages, groups, 4)
+    local = 24 // world_size
+    trained, widths = [], set()
+    for rank in range(world_size):
+        rows, real = rows_to_train(selected, local, rank, world_size)
+        widths.add(rows.numel())
+        assert rows.numel() == real.numel() and (rows < local).all()
+        trained += (rows[real] + rank * local).tolist()
+    assert len(widths) == 1
+    assert sorted(trained) == torch.nonzero(selected).squeeze(1).tolist()
+
+
+def test_padding_rows_are_marked():
+    selected = torch.tensor([True, True, True, False, False, False])
+    rows0, real0 = rows_to_train(selected, 3, 0, 2)
+    rows1, real1 = rows_to_train(selected, 3, 1, 2)
+    assert rows0.tolist() == [0, 1, 2] and real0.tolist() == [True, True, True]
+    assert rows1.tolist() == [0, 0, 0] and real1.tolist() == [False, False, False]
+
+
+def test_pick_best_per_prompt():
+    scores = torch.tensor([0.1, 0.9, 0.5, float("nan"), 0.2, 0.2, float("nan"), float("nan")])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    # group 1: tie between 4 and 5 -> earlier; group 2: all NaN -> first
+    assert pick_best(scores, groups).tolist() == [1, 4, 6]
+
+
+@pytest.mark.parametrize("k", [1, 3, 12, 14])
+def test_trainer_config_refuses_bad_k(k):
+    with pytest.raises(ConfigError, match="train_per_group"):
+        build(TrainerConfig, {"group_size": 12, "train_per_group": k}, "trainer.")
+
+
+def test_trainer_config_accepts_the_paper_setting():
+    cfg = build(TrainerConfig, {"group_size": 24, "train_per_group": 8}, "trainer.")
+    assert cfg.train_per_group == 8
