@@ -14,7 +14,15 @@ every rank computes the same choice without communicating even when a group span
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
+
+from dance.errors import RewardError
+from dance.generate import generate
+from dance.interfaces import Policy, Prompt, Reward, Sampler
+from dance.recipe import RewardSpec
 
 
 def select_extremes(advantages: torch.Tensor, group_ids: torch.Tensor, k: int) -> torch.Tensor:
@@ -93,3 +101,90 @@ def pick_best(scores: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
         top = values.max()
         best.append(int(members[torch.nonzero(values == top)[0, 0]]))
     return torch.tensor(best, dtype=torch.long)
+
+
+def score_candidates(
+    rewards: list[tuple[RewardSpec, Reward]], media: torch.Tensor, prompts: list[Prompt]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Score candidates ``[n, ...]`` with every reward: the weighted sum of the chosen components
+    ``[n]`` (the raw scores, not normalised: weights set the exchange rate between rewards) and
+    each reward's value by label. A reward that fails or returns the wrong shape raises
+    RewardError; a NaN stays NaN, so that candidate cannot win."""
+    n = media.shape[0]
+    total = torch.zeros(n)
+    by_label: dict[str, torch.Tensor] = {}
+    results: dict[int, dict[str, torch.Tensor]] = {}
+    for spec, reward in rewards:
+        if id(reward) not in results:
+            try:
+                with torch.no_grad():
+                    results[id(reward)] = reward.score(media, prompts)
+            except Exception as exc:
+                raise RewardError(
+                    f"reward '{spec.name}' raised {type(exc).__name__}: {exc}"
+                ) from exc
+        component = spec.component or reward.components[0]
+        value = results[id(reward)].get(component)
+        if value is None or value.shape != (n,):
+            raise RewardError(f"reward '{spec.name}' must return component '{component}' of [{n}]")
+        value = value.detach().float().cpu()
+        by_label[spec.label] = value
+        total = total + spec.weight * value
+    return total, by_label
+
+
+@torch.no_grad()
+def sample_best_of_n(
+    policy: Policy,
+    sampler: Sampler,
+    prompts: list[Prompt],
+    n: int,
+    rewards: list[tuple[RewardSpec, Reward]],
+    first_seed: int = 0,
+    batch_size: int = 4,
+) -> tuple[torch.Tensor, list[int], list[dict[str, Any]]]:
+    """Draw ``n`` candidates per prompt, keep the best by the weighted reward.
+
+    Candidate ``j`` of prompt ``i`` starts from seed ``first_seed + i * n + j``: with a
+    deterministic sampler ``dance sample --prompt TEXT --seed SEED`` regenerates it exactly.
+    Prompts are handled one at a time, so memory holds ``n`` candidates, not all of them.
+    Returns the chosen media ``[P, ...]``, their seeds, and one record per prompt listing every
+    candidate's seed and scores.
+    """
+    chosen, chosen_seeds, records = [], [], []
+    for i, prompt in enumerate(prompts):
+        seeds = list(range(first_seed + i * n, first_seed + (i + 1) * n))
+        media = generate(policy, sampler, [prompt] * n, seeds, batch_size=batch_size)  # [n, ...]
+        totals, labels = [], []
+        for start in range(0, n, batch_size):  # score in batches too
+            part = media[start : start + batch_size].to(policy.runtime.device)
+            total, by_label = score_candidates(rewards, part, [prompt] * part.shape[0])
+            totals.append(total)
+            labels.append(by_label)
+        total = torch.cat(totals)  # [n]
+        by_label = {k: torch.cat([d[k] for d in labels]) for k in labels[0]}
+        best = int(pick_best(total, torch.zeros(n, dtype=torch.long))[0])
+        chosen.append(media[best])
+        chosen_seeds.append(seeds[best])
+        records.append(
+            {
+                "prompt": prompt.text,
+                "chosen_seed": seeds[best],
+                "chosen_score": _number(total[best]),
+                "candidates": [
+                    {
+                        "seed": s,
+                        "score": _number(total[j]),
+                        "rewards": {k: _number(v[j]) for k, v in by_label.items()},
+                    }
+                    for j, s in enumerate(seeds)
+                ],
+            }
+        )
+    return torch.stack(chosen), chosen_seeds, records
+
+
+def _number(value: torch.Tensor) -> float | None:
+    """A JSON-safe float: NaN becomes null."""
+    x = float(value)
+    return None if math.isnan(x) else x

@@ -156,25 +156,49 @@ def sample(
         typer.Option(help="trained weights: a run directory, a checkpoint, or its trained/ folder"),
     ] = None,
     prompt: Annotated[list[str] | None, typer.Option(help="prompt; repeat for several")] = None,
-    prompts_file: Annotated[Path | None, typer.Option(help="file with one prompt per line")] = None,
+    prompts_file: Annotated[
+        Path | None,
+        typer.Option(help="one prompt per line; .jsonl: one {prompt, image or video} per line"),
+    ] = None,
     num_per_prompt: Annotated[int, typer.Option(help="images per prompt", min=1)] = 1,
     sampler: Annotated[str, typer.Option(help="sampler; ode is deterministic")] = "ode",
     seed: Annotated[int, typer.Option(help="seed of the first image; then seed+1, ...")] = 0,
     batch_size: Annotated[int, typer.Option(help="images per forward pass", min=1)] = 4,
     output_dir: Annotated[Path, typer.Option(help="where images are written")] = Path("samples"),
+    fps: Annotated[float, typer.Option(help="frames per second of written videos", min=1)] = 24,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto)")] = None,
+    best_of: Annotated[
+        int | None,
+        typer.Option(
+            "--best-of",
+            help="draw N candidates per prompt and keep the one --reward scores best",
+            min=1,
+        ),
+    ] = None,
+    reward: Annotated[
+        list[str] | None,
+        typer.Option(help="with --best-of: NAME[.COMPONENT][:WEIGHT]; repeat to combine rewards"),
+    ] = None,
 ) -> None:
-    """Generate images from a base model, optionally with trained weights."""
+    """Generate images from a base model, optionally with trained weights (and Best-of-N)."""
+    from dance.best_of_n import sample_best_of_n
     from dance.config import build, to_dict
-    from dance.data import read_prompts
+    from dance.data import PromptEntry, read_prompts
     from dance.generate import generate, resolve_trained, save_media
-    from dance.interfaces import Prompt, Runtime
-    from dance.recipe import apply_override
+    from dance.interfaces import Runtime
+    from dance.recipe import apply_override, parse_reward_arg, resolve_reward
     from dance.registry import get_registry
 
     _quiet_libraries()
     registry = get_registry()
+    if reward and best_of is None:
+        raise UsageError("--reward selects among candidates: add --best-of N.")
+    if best_of is not None and not reward:
+        raise UsageError("--best-of N needs a reward to choose with: add --reward NAME[:WEIGHT].")
+    if best_of is not None and num_per_prompt != 1:
+        raise UsageError("--best-of keeps one image per prompt: drop --num-per-prompt.")
     raw: dict[str, Any] = {"policy": {}, "sampler": {}}
+    raw["rewards"] = [parse_reward_arg(r) for r in reward or []]
     if lora is not None:
         trained, run_config = resolve_trained(lora)
         if run_config:  # the run's own policy settings, unless the command line says otherwise
@@ -188,8 +212,9 @@ def sample(
     policy_name = raw["policy"].pop("name", None)
     if not policy_name:
         raise UsageError("no policy chosen: pass --policy NAME (see `dance plugins`).")
-    texts = list(prompt or []) + (read_prompts(str(prompts_file)) if prompts_file else [])
-    if not texts:
+    entries = [PromptEntry(t) for t in prompt or []]
+    entries += read_prompts(str(prompts_file)) if prompts_file else []
+    if not entries:
         raise UsageError("no prompt given: pass --prompt TEXT or --prompts-file FILE.")
     runtime = Runtime.auto(device)
     policy_cls = registry.get("policy", policy_name)
@@ -199,24 +224,54 @@ def sample(
     sampler_obj = sampler_cls(sampler_cfg, runtime)
     if lora is not None:
         policy_obj.load_trained(str(trained))
-    prompts = [Prompt(t) for t in texts for _ in range(num_per_prompt)]
-    seeds = list(range(seed, seed + len(prompts)))
-    media = generate(policy_obj, sampler_obj, prompts, seeds, batch_size=batch_size)
-    paths = save_media(media, prompts, seeds, output_dir)
+    prompts = [p for p in (e.load() for e in entries) for _ in range(num_per_prompt)]
+    if best_of is not None:
+        rewards = [resolve_reward(entry, policy_cls, registry) for entry in raw["rewards"]]
+        scorers = [
+            (spec, registry.create("reward", spec.name, spec.options, runtime)) for spec in rewards
+        ]
+        media, seeds, records = sample_best_of_n(
+            policy_obj, sampler_obj, prompts, best_of, scorers, seed, batch_size
+        )
+    else:
+        seeds = list(range(seed, seed + len(prompts)))
+        media = generate(policy_obj, sampler_obj, prompts, seeds, batch_size=batch_size)
+    paths = save_media(media, prompts, seeds, output_dir, fps=fps)
     manifest = {
         "policy": policy_name,
         "policy_options": to_dict(policy_obj.config),
         "sampler": sampler,
         "sampler_options": to_dict(sampler_cfg),
         "trained": str(lora) if lora else None,
-        "images": [
+        ("videos" if media.ndim == 5 else "images"): [
             {"file": p.name, "prompt": pr.text, "seed": s}
             for p, pr, s in zip(paths, prompts, seeds, strict=True)
         ],
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "samples.json").write_text(json.dumps(manifest, indent=2))
-    typer.echo(f"wrote {len(paths)} images to {output_dir}")
+    if best_of is not None:
+        report = {
+            "best_of": best_of,
+            "rewards": [
+                {"name": r.name, "component": r.component, "weight": r.weight, "options": r.options}
+                for r in rewards
+            ],
+            "seed_rule": "candidate j of prompt i has seed --seed + i * N + j",
+            "policy": policy_name,
+            "sampler": sampler,
+            "trained": str(lora) if lora else None,
+            "prompts": [
+                {**record, "file": path.name} for record, path in zip(records, paths, strict=True)
+            ],
+        }
+        (output_dir / "best_of_n.json").write_text(json.dumps(report, indent=2))
+        typer.echo(
+            f"wrote the best of {best_of} candidates for {len(paths)} prompts to {output_dir} "
+            "(every candidate's scores and seed: best_of_n.json)"
+        )
+        return
+    typer.echo(f"wrote {len(paths)} {'videos' if media.ndim == 5 else 'images'} to {output_dir}")
 
 
 @app.command()

@@ -236,7 +236,7 @@ def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
         )
     sampler_cfg = build(sampler_cls.config_class, sampler_raw, prefix="sampler.")
 
-    rewards = [_resolve_reward(entry, policy_cls, registry) for entry in raw.get("rewards", [])]
+    rewards = [resolve_reward(entry, policy_cls, registry) for entry in raw.get("rewards", [])]
     if not rewards:
         raise UsageError("no reward chosen: pass --reward NAME[:WEIGHT] (see `dance plugins`).")
     labels = [r.label for r in rewards]
@@ -287,7 +287,7 @@ def _check_evaluation(cfg: EvaluationConfig, rewards: list[RewardSpec], registry
     registry.get("sampler", cfg.sampler)
 
 
-def _resolve_reward(entry: dict[str, Any], policy_cls: type, registry: Any) -> RewardSpec:
+def resolve_reward(entry: dict[str, Any], policy_cls: type, registry: Any) -> RewardSpec:
     entry = dict(entry)
     name = entry.pop("name", None)
     if not name:

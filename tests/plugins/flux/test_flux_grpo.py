@@ -110,6 +110,16 @@ def test_cli_run_lora_loads_into_diffusers_and_samples(tiny_flux, tmp_path, caps
     manifest = json.loads((tmp_path / "samples" / "samples.json").read_text())
     assert manifest["policy_options"]["height"] == 32 and len(manifest["images"]) == 2
 
+    # Best-of-N with the trained LoRA
+    out = cli(
+        ["sample", "--lora", str(run_dir), "--prompt", "a red apple", "--best-of", "3"]
+        + ["--reward", "jpeg-compressibility", "--output-dir", str(tmp_path / "best")]
+        + ["sampler.num_steps=3"],
+        capsys,
+    )
+    report = json.loads((tmp_path / "best" / "best_of_n.json").read_text())
+    assert report["trained"] == str(run_dir) and len(report["prompts"][0]["candidates"]) == 3
+
 
 FIXTURE = Path(__file__).parents[2] / "fixtures" / "example_plugin"
 
