@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from dance.config import option
-from dance.data import read_prompts
+from dance.data import load_prompts
 from dance.generate import generate
-from dance.interfaces import Policy, Prompt, Reward, Runtime
+from dance.interfaces import Policy, Reward, Runtime
 
 
 @dataclass
@@ -48,9 +48,9 @@ class Evaluator:
         if "shift" in sampler_options:  # evaluate on the schedule the policy is trained with
             options["shift"] = sampler_options["shift"]
         self.sampler = registry.create("sampler", config.sampler, options, runtime)
-        texts = read_prompts(config.prompts)
-        self.prompts = [Prompt(t) for t in texts for _ in range(config.seeds)]
-        self.seeds = [s for _ in texts for s in range(config.seeds)]
+        held_out = load_prompts(config.prompts)  # conditioning images decoded once, kept
+        self.prompts = [p for p in held_out for _ in range(config.seeds)]
+        self.seeds = [s for _ in held_out for s in range(config.seeds)]
 
     def __call__(self, policy: Policy) -> tuple[dict[str, float], torch.Tensor]:
         media = generate(

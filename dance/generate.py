@@ -12,6 +12,7 @@ import torch
 
 from dance.errors import UsageError
 from dance.interfaces import Conditioning, Policy, Prompt, Sampler, Schedule, StepOutput
+from dance.video_io import DEFAULT_FPS, write_mp4
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,18 +113,25 @@ def _slug(text: str) -> str:
 
 
 def save_media(
-    media: torch.Tensor, prompts: list[Prompt], seeds: list[int], out_dir: Path
+    media: torch.Tensor,
+    prompts: list[Prompt],
+    seeds: list[int],
+    out_dir: Path,
+    fps: float = DEFAULT_FPS,
 ) -> list[Path]:
-    """Write one PNG per image (videos: a strip of their frames) named by index, prompt and seed."""
+    """Write one file per sample, named by index, prompt and seed: a PNG per image
+    ``[B, C, H, W]``, an MP4 (H.264, ``fps`` frames per second) per video ``[B, C, F, H, W]``."""
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (m, p, s) in enumerate(zip(media, prompts, seeds, strict=True)):
-        if m.ndim == 4:  # [C, F, H, W] -> frames side by side
-            m = torch.cat(list(m.unbind(1)), dim=-1)
+        stem = f"{i:04d}-{_slug(p.text)}-seed{s}"
+        if m.ndim == 4:  # [C, F, H, W]
+            paths.append(write_mp4(m, out_dir / f"{stem}.mp4", fps=fps))
+            continue
         array = (m.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        path = out_dir / f"{i:04d}-{_slug(p.text)}-seed{s}.png"
+        path = out_dir / f"{stem}.png"
         Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
         paths.append(path)
     return paths

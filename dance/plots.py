@@ -63,12 +63,22 @@ def line_chart(series: dict[str, list[tuple[float, float]]], path: Path, title: 
     image.save(path)
 
 
+def _to_rgb_image(grid: torch.Tensor) -> Image.Image:
+    """A ``[H, W, C]`` uint8 grid as an RGB picture (one channel: grey)."""
+    array = grid.numpy()
+    return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).convert("RGB")
+
+
 def before_after_grid(
     before: torch.Tensor, after: torch.Tensor, path: Path, columns: int = 8
 ) -> None:
-    """Two labelled image grids, before training above and after below."""
-    top = Image.fromarray(media_to_grid(before.float(), columns).numpy())
-    bottom = Image.fromarray(media_to_grid(after.float(), columns).numpy())
+    """Two labelled image grids, before training above and after below.
+
+    Videos ``[B, C, F, H, W]`` are shown by their middle frame (see
+    :func:`dance.run_log.media_to_grid`); one-channel media are drawn in grey.
+    """
+    top = _to_rgb_image(media_to_grid(before.float(), columns))
+    bottom = _to_rgb_image(media_to_grid(after.float(), columns))
     label = 18
     canvas = Image.new("RGB", (top.width, top.height + bottom.height + 2 * label + 8), "white")
     draw = ImageDraw.Draw(canvas)

@@ -9,14 +9,19 @@ from typing import Any
 
 import torch
 
+from dance.media import frame_indices
 from dance.tensorboard import EventWriter
+from dance.video_io import DEFAULT_FPS, write_mp4
 
 
 def media_to_grid(media: torch.Tensor, columns: int = 4) -> torch.Tensor:
-    """Tile pixels ``[B, C, H, W]`` (videos ``[B, C, F, H, W]``: their first frame) into one
-    ``[H', W', C]`` uint8 image."""
+    """Tile pixels ``[B, C, H, W]`` into one ``[H', W', C]`` uint8 image, ``columns`` wide.
+
+    Videos ``[B, C, F, H, W]`` are shown by their middle frame ``F // 2``: the first frame of an
+    image-to-video sample is close to its conditioning image and says little about the result.
+    """
     if media.ndim == 5:
-        media = media[:, :, 0]
+        media = media[:, :, media.shape[2] // 2]
     b, c, h, w = media.shape
     columns = max(1, min(columns, b))
     rows = math.ceil(b / columns)
@@ -27,12 +32,47 @@ def media_to_grid(media: torch.Tensor, columns: int = 4) -> torch.Tensor:
     return (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
 
 
-def save_grid(media: torch.Tensor, path: Path, columns: int = 4) -> None:
+def frame_strips(videos: torch.Tensor, frames: int) -> torch.Tensor:
+    """Each video ``[B, C, F, H, W]`` as ``frames`` uniformly spaced frames side by side (the
+    first and last included, as in :func:`dance.media.frame_indices`): ``[B, C, H, frames' * W]``
+    with ``frames' = min(frames, F)``."""
+    index = frame_indices(videos.shape[2], frames, videos.device)
+    chosen = videos.index_select(2, index)  # [B, C, F', H, W]
+    b, c, n, h, w = chosen.shape
+    return chosen.permute(0, 1, 3, 2, 4).reshape(b, c, h, n * w)
+
+
+def video_grid(videos: torch.Tensor, columns: int = 4) -> torch.Tensor:
+    """Tile videos ``[B, C, F, H, W]`` into one video ``[C, F, H', W']`` uint8, ``columns`` wide."""
+    per_frame = [media_to_grid(videos[:, :, f].float(), columns) for f in range(videos.shape[2])]
+    return torch.stack(per_frame).permute(3, 0, 1, 2)  # [F, H', W', C] -> [C, F, H', W']
+
+
+def save_grid(
+    media: torch.Tensor,
+    path: Path,
+    columns: int = 4,
+    video_frames: int = 4,
+    fps: float = DEFAULT_FPS,
+) -> list[Path]:
+    """Write a batch of samples as one picture at ``path`` (a PNG); returns the files written.
+
+    Images ``[B, C, H, W]``: a grid ``columns`` wide. Videos ``[B, C, F, H, W]``: the PNG shows
+    each video as a strip of ``video_frames`` uniformly spaced frames, one video per row, and an
+    MP4 beside it (same name, ``.mp4``) plays all videos tiled ``columns`` wide.
+    """
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    array = media_to_grid(media.float(), columns).numpy()
+    written = [path]
+    if media.ndim == 5:
+        still = media_to_grid(frame_strips(media.float(), video_frames), columns=1)
+        written.append(write_mp4(video_grid(media, columns), path.with_suffix(".mp4"), fps=fps))
+    else:
+        still = media_to_grid(media.float(), columns)
+    array = still.numpy()
     Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
+    return written
 
 
 class RunLog:
