@@ -33,7 +33,7 @@ from dance_shapes import (
     render,
     render_tensor,
 )
-from dance_shapes.analysis import NO_COLOR, label_components
+from dance_shapes.analysis import NO_COLOR, label_components, template_iou
 from dance_shapes.scenes import REGIONS, _fallback_layout, _gap, layout
 
 SPECS = all_specs()
@@ -311,6 +311,39 @@ def test_analysis_measures_rendered_shapes() -> None:
     assert results[1].components[0].area == square_side**2
 
 
+def test_template_iou_of_ideal_and_drawn_shapes() -> None:
+    # Hand-made regions in a 4x4 box: the full box, and the centre-inclusion ellipse / triangle.
+    full = np.ones((4, 4), dtype=bool)
+    assert template_iou(full) == {"square": 1.0, "circle": 12 / 16, "triangle": 8 / 16}
+    # Pixel centres at 1/8, 3/8, ... of the box: the upward triangle keeps |x| <= y / 2, so rows
+    # of 0, 2, 2, 4 pixels (8 in all) lie inside it.
+    triangle = np.zeros((4, 4), dtype=bool)
+    triangle[1, 1:3] = triangle[2, 1:3] = triangle[3, :] = True
+    assert template_iou(triangle)["triangle"] == 1.0
+    assert template_iou(triangle)["square"] == 8 / 16
+    # Rendered shapes at 64 px match their own template best, nearly exactly.
+    specs = [SceneSpec(1, "red", shape, "") for shape in SHAPES]
+    images = torch.stack([render_tensor(s, 64, seed=2) for s in specs])
+    for spec, result in zip(specs, analyze(images, ["red"] * 3), strict=True):
+        (comp,) = result.components
+        assert comp.template_iou[spec.shape] >= 0.9, (spec.shape, comp.template_iou)
+        assert max(comp.template_iou, key=comp.template_iou.get) == spec.shape
+
+
+def test_fidelity_grades_what_the_shape_check_cannot() -> None:
+    """A square with rounded corners is still classified a square, but fidelity sees it."""
+    image = torch.tensor(BACKGROUND, dtype=torch.float32).div(255).view(3, 1, 1).repeat(1, 64, 64)
+    red = torch.tensor(COLORS["red"], dtype=torch.float32).div(255).view(3, 1, 1)
+    sharp, rounded = image.clone(), image.clone()
+    sharp[:, 20:40, 20:40] = red
+    rounded[:, 20:40, 20:40] = red
+    for y, x in [(20, 20), (20, 39), (39, 20), (39, 39), (20, 21), (21, 20), (39, 38), (38, 39)]:
+        rounded[:, y, x] = image[:, 0, 0]
+    out = _score(torch.stack([sharp, rounded]), [SceneSpec(1, "red", "square", "")] * 2)
+    assert out["shape"].tolist() == [1.0, 1.0]
+    assert out["fidelity"][0] == 1.0 and 0.97 < out["fidelity"][1] < 1.0
+
+
 def test_analysis_drops_specks_and_reads_every_colour() -> None:
     image = torch.tensor(BACKGROUND, dtype=torch.float32).div(255).view(3, 1, 1).repeat(1, 64, 64)
     red = torch.tensor(COLORS["red"], dtype=torch.float32).div(255).view(3, 1, 1)
@@ -340,6 +373,8 @@ def test_ground_truth_scenes_succeed() -> None:
     mean_score = torch.cat(score).mean().item()
     assert success_rate >= 0.97, success_rate
     assert mean_score >= 0.95, mean_score
+    fidelity = torch.cat([_score(_scenes(SPECS, 64), SPECS * len(GT_SEEDS))["fidelity"]])
+    assert fidelity.mean() >= 0.9, fidelity.mean()
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -396,6 +431,10 @@ def test_wrong_shape_scores_low(size: int) -> None:
     assert out["shape"].mean() <= 0.02, out["shape"].mean()
     assert out["success"].mean() <= 0.01
     assert out["color"].mean() >= 0.99 and out["count"].mean() >= 0.97  # only the shape is wrong
+    # the graded fidelity drops with it (a circle is the nearest wrong shape to a square: 0.79
+    # when large; small shapes are staircases, so the margin shrinks at 32 px)
+    right = _score(_scenes(SPECS, size, seeds=(0, 1)), SPECS * 2)["fidelity"]
+    assert out["fidelity"].mean() <= 0.65 and right.mean() >= 0.95, (out["fidelity"], right)
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -555,7 +594,15 @@ def test_config_ranges(values: dict) -> None:
 
 def test_declarations_and_defaults() -> None:
     assert ShapesReward.name == "shapes"
-    assert ShapesReward.components == ("score", "success", "color", "count", "shape", "position")
+    assert ShapesReward.components == (
+        "score",
+        "success",
+        "color",
+        "count",
+        "shape",
+        "position",
+        "fidelity",
+    )
     assert ShapesReward.modalities == ("image", "video")
     config = ShapesConfig()
     assert (config.min_area, config.color_threshold, config.video_frames) == (0.015, 0.25, 8)

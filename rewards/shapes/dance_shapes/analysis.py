@@ -11,6 +11,9 @@
    pixel count over the box width, regressed on the row's position from top -0.5 to bottom +0.5:
    about +1 for an upward triangle, whose width grows linearly downward, and 0 for squares and
    circles) and a shape from these (:func:`classify_shape`).
+4. Each component also gets its intersection over union with the ideal circle, square and
+   upward triangle inscribed in its bounding box (:func:`template_iou`): a graded measure of how
+   well it is drawn, where the classification is all or nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class Component:
     fill: float  # area / bbox area
     slope: float  # row-width slope, see the module docstring
     shape: str  # "circle", "square", "triangle" or "other"
+    # Intersection over union of the region with each ideal shape drawn in its bounding box.
+    template_iou: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -149,6 +154,26 @@ def classify_shape(fill: float, slope: float, aspect: float) -> str:
     return "other"
 
 
+def template_iou(region: np.ndarray) -> dict[str, float]:
+    """IoU of a boolean ``[h, w]`` region (cropped to its bounding box) with the ideal shapes
+    inscribed in that box, as the renderer draws them: the full box (square), the inscribed
+    ellipse (circle) and the upward isosceles triangle with its base on the bottom edge and its
+    apex at the top centre. Pixels count as inside a template when their centre is."""
+    h, w = region.shape
+    y = (np.arange(h)[:, None] + 0.5) / h  # [h, 1] 0 at the top, 1 at the bottom
+    x = (np.arange(w)[None, :] + 0.5) / w - 0.5  # [1, w] -0.5 .. 0.5
+    templates = {
+        "square": np.ones((h, w), dtype=bool),
+        "circle": (2 * x) ** 2 + (2 * y - 1) ** 2 <= 1.0,
+        "triangle": np.abs(x) <= y / 2,
+    }
+    out = {}
+    for name, template in templates.items():
+        union = np.logical_or(region, template).sum()
+        out[name] = float(np.logical_and(region, template).sum() / union) if union else 0.0
+    return out
+
+
 def _describe(ys: np.ndarray, xs: np.ndarray) -> Component:
     y0, y1 = int(ys.min()), int(ys.max()) + 1
     x0, x1 = int(xs.min()), int(xs.max()) + 1
@@ -166,7 +191,14 @@ def _describe(ys: np.ndarray, xs: np.ndarray) -> Component:
         fill=fill,
         slope=slope,
         shape=classify_shape(fill, slope, width / height),
+        template_iou=template_iou(_crop(ys - y0, xs - x0, height, width)),
     )
+
+
+def _crop(ys: np.ndarray, xs: np.ndarray, height: int, width: int) -> np.ndarray:
+    region = np.zeros((height, width), dtype=bool)
+    region[ys, xs] = True
+    return region
 
 
 def analyze(

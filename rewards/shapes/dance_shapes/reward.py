@@ -16,6 +16,12 @@ checks and how they combine are this package's own definitions, not taken from a
   45% bands); 1 when the prompt names no position; 0 when there are no such components, so that
   an empty picture earns nothing (otherwise GRPO learns to draw nothing for prompts it gets wrong).
 * ``score``: the mean of the four, in [0, 1]. ``success``: 1 when all four are exactly 1, else 0.
+* ``fidelity``: a graded companion of ``shape`` for training: the mean, over the components of the
+  requested colour, of their intersection over union with the requested shape drawn ideally in
+  their bounding box (0 when there are none). ``shape`` only changes when a region crosses a
+  classification threshold; ``fidelity`` rewards every step towards a cleaner square, circle or
+  triangle, so the samples of a group that tie on ``score`` still differ. It is not part of
+  ``score`` or ``success``.
 
 A video scores as the mean over uniformly spaced frames (:mod:`dance.media`), so its ``success``
 is the fraction of those frames that succeed. An image with a non-finite pixel gets NaN in every
@@ -106,7 +112,14 @@ def check_scene(spec: SceneSpec, analysis: ImageAnalysis) -> dict[str, float]:
             for c in components
         ]
         position = sum(inside) / n
-    return {"color": color, "count": count, "shape": shape, "position": position}
+    fidelity = float(np.mean([c.template_iou[spec.shape] for c in components])) if n else 0.0
+    return {
+        "color": color,
+        "count": count,
+        "shape": shape,
+        "position": position,
+        "fidelity": fidelity,
+    }
 
 
 class ShapesReward(Reward):
@@ -116,7 +129,7 @@ class ShapesReward(Reward):
     config_class = ShapesConfig
     modalities = ("image", "video")
     differentiable = False
-    components = ("score", "success", *CHECKS)
+    components = ("score", "success", *CHECKS, "fidelity")
 
     def score(self, media: torch.Tensor, prompts: Sequence[Prompt]) -> RewardOutput:
         batch = media.shape[0]
@@ -143,7 +156,8 @@ class ShapesReward(Reward):
                 continue
             checks = check_scene(spec, analysis)
             values = [checks[name] for name in CHECKS]
-            rows[i] = [float(np.mean(values)), float(all(v == 1.0 for v in values)), *values]
+            success = float(all(v == 1.0 for v in values))
+            rows[i] = [float(np.mean(values)), success, *values, checks["fidelity"]]
         table = torch.from_numpy(rows).to(torch.float32)
         return {
             name: mean_over_frames(table[:, k].contiguous(), batch).to(media.device)
