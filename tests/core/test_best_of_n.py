@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dance.best_of_n import pick_best, rows_to_train, select_extremes
+from dance.best_of_n import expected_best_of_n, pick_best, rows_to_train, select_extremes
 from dance.config import build
 from dance.errors import ConfigError
 from dance.trainer_config import TrainerConfig
@@ -103,3 +103,22 @@ def test_trainer_config_refuses_bad_k(k):
 def test_trainer_config_accepts_the_paper_setting():
     cfg = build(TrainerConfig, {"group_size": 24, "train_per_group": 8}, "trainer.")
     assert cfg.train_per_group == 8
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_expected_best_of_n_equals_enumerating_every_subset(n):
+    import itertools
+
+    gen = torch.Generator().manual_seed(n)
+    scores = torch.randint(0, 4, (3, 5), generator=gen).float()  # ties on purpose
+    values = torch.rand(3, 5, generator=gen)
+    expected = 0.0
+    for row in range(3):
+        subsets = list(itertools.combinations(range(5), n))
+        for subset in subsets:
+            best = subset[int(pick_best(scores[row, list(subset)], torch.zeros(n)).item())]
+            expected += values[row, best].item() / len(subsets)
+    expected /= 3
+    assert expected_best_of_n(scores, values, n) == pytest.approx(expected, rel=1e-9)
+    if n == 1:
+        assert expected_best_of_n(scores, values, 1) == pytest.approx(values.mean().item())
