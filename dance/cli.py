@@ -161,7 +161,12 @@ def sample(
         typer.Option(help="one prompt per line; .jsonl: one {prompt, image or video} per line"),
     ] = None,
     num_per_prompt: Annotated[int, typer.Option(help="images per prompt", min=1)] = 1,
-    sampler: Annotated[str, typer.Option(help="sampler; ode is deterministic")] = "ode",
+    sampler: Annotated[
+        str,
+        typer.Option(
+            help="sampler; default: the deterministic one for the policy (ode, or ddim with eta 0)"
+        ),
+    ] = "",
     seed: Annotated[int, typer.Option(help="seed of the first image; then seed+1, ...")] = 0,
     batch_size: Annotated[int, typer.Option(help="images per forward pass", min=1)] = 4,
     output_dir: Annotated[Path, typer.Option(help="where images are written")] = Path("samples"),
@@ -186,7 +191,12 @@ def sample(
     from dance.data import PromptEntry, read_prompts
     from dance.generate import generate, resolve_trained, save_media
     from dance.interfaces import Runtime
-    from dance.recipe import apply_override, parse_reward_arg, resolve_reward
+    from dance.recipe import (
+        DETERMINISTIC_SAMPLER,
+        apply_override,
+        parse_reward_arg,
+        resolve_reward,
+    )
     from dance.registry import get_registry
 
     _quiet_libraries()
@@ -219,6 +229,9 @@ def sample(
     runtime = Runtime.auto(device)
     policy_cls = registry.get("policy", policy_name)
     policy_obj = policy_cls(build(policy_cls.config_class, raw["policy"], "policy."), runtime)
+    if not sampler:
+        sampler, defaults = DETERMINISTIC_SAMPLER[policy_cls.prediction_type]
+        raw["sampler"] = {**defaults, **raw["sampler"]}
     sampler_cls = registry.get("sampler", sampler)
     sampler_cfg = build(sampler_cls.config_class, raw["sampler"], "sampler.")
     sampler_obj = sampler_cls(sampler_cfg, runtime)

@@ -22,7 +22,11 @@ from dance.interfaces import Policy, Reward, Runtime
 class EvaluationConfig:
     prompts: str = option("", "held-out prompts (file or pkg:PACKAGE/FILE); empty = no evaluation")
     seeds: int = option(2, "images per prompt, with seeds 0..seeds-1", ge=1)
-    sampler: str = option("ode", "sampler used for evaluation (deterministic by default)")
+    sampler: str = option(
+        "",
+        "sampler used for evaluation; empty = the deterministic one for the policy (ode for flow "
+        "models, ddim with eta 0 for diffusion models)",
+    )
     num_steps: int = option(16, "sampling steps of the evaluation sampler", ge=1)
     reward: str = option("", "reward reported as reward_mean; empty = the recipe's first reward")
     success: str = option(
@@ -41,13 +45,19 @@ class Evaluator:
         reward: Reward,
         registry: Any,
         runtime: Runtime,
+        prediction_type: str = "flow",
     ) -> None:
+        from dance.recipe import DETERMINISTIC_SAMPLER
+
         self.config = config
         self.reward = reward
-        options = {"num_steps": config.num_steps}
+        name, options = config.sampler, {}
+        if not name:
+            name, options = DETERMINISTIC_SAMPLER[prediction_type]
+        options = {**options, "num_steps": config.num_steps}
         if "shift" in sampler_options:  # evaluate on the schedule the policy is trained with
             options["shift"] = sampler_options["shift"]
-        self.sampler = registry.create("sampler", config.sampler, options, runtime)
+        self.sampler = registry.create("sampler", name, options, runtime)
         held_out = load_prompts(config.prompts)  # conditioning images decoded once, kept
         self.prompts = [p for p in held_out for _ in range(config.seeds)]
         self.seeds = [s for _ in held_out for s in range(config.seeds)]

@@ -125,7 +125,14 @@ class GRPOTrainer:
             return None
         name = ev.reward or self.recipe.rewards[0].name
         reward = next(r for spec, r in self.rewards.values() if spec.name == name)
-        return Evaluator(ev, self.recipe.sampler_options, reward, registry, self.runtime)
+        return Evaluator(
+            ev,
+            self.recipe.sampler_options,
+            reward,
+            registry,
+            self.runtime,
+            prediction_type=self.policy.prediction_type,
+        )
 
     def _build_rewards(
         self, specs: list[RewardSpec], registry: Registry

@@ -47,6 +47,11 @@ else:  # pragma: no cover - Python 3.10
 SECTIONS = ("policy", "sampler", "rewards", "advantage", "trainer", "evaluation")
 REWARD_KEYS = ("name", "weight", "component")
 DEFAULT_SAMPLER = {"flow": "dance-sde", "epsilon": "ddim"}
+# Evaluation and `dance sample`: the noise-free sampler of each kind of model, with its options.
+DETERMINISTIC_SAMPLER: dict[str, tuple[str, dict[str, Any]]] = {
+    "flow": ("ode", {}),
+    "epsilon": ("ddim", {"eta": 0.0}),
+}
 
 
 @dataclass
@@ -284,7 +289,8 @@ def _check_evaluation(cfg: EvaluationConfig, rewards: list[RewardSpec], registry
             f"evaluation.success: reward '{reward_cls.name}' has no component '{cfg.success}' "
             f"(components: {', '.join(reward_cls.components)})."
         )
-    registry.get("sampler", cfg.sampler)
+    if cfg.sampler:
+        registry.get("sampler", cfg.sampler)
 
 
 def resolve_reward(entry: dict[str, Any], policy_cls: type, registry: Any) -> RewardSpec:
