@@ -1,0 +1,15 @@
+"""Entry point of the plugin: registers the ``hunyuan-video`` and ``skyreels-i2v`` policies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dance
+from dance_hunyuan_video.hunyuan import HunyuanVideoPolicy
+from dance_hunyuan_video.skyreels import SkyReelsI2VPolicy
+
+
+@dance.hookimpl
+def register_policies(register: Callable[[type], None]) -> None:
+    register(HunyuanVideoPolicy)
+    register(SkyReelsI2VPolicy)
