@@ -1,0 +1,188 @@
+"""A tiny random Stable Diffusion 1.x checkpoint in the real diffusers layout, for tests and smoke
+runs.
+
+Every part is the class SD 1.4 / 1.5 uses (CLIPTextModel, CLIPTokenizer, AutoencoderKL,
+UNet2DConditionModel, PNDMScheduler with SD's scheduler config), only tiny, written with
+``StableDiffusionPipeline.save_pretrained`` without safety checker, so that loading it exercises the
+code path of ``stable-diffusion-v1-5/stable-diffusion-v1-5``. The tokenizer folder holds
+``vocab.json`` and ``merges.txt`` as the real one does; its byte-level BPE vocabulary is built here
+from a word list (each word's characters merged left to right), so no download is involved.
+
+    python -m dance_sd.tiny OUT_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Words that become whole tokens: test prompts tokenize into real pieces, other words into
+# characters (every byte has a token, so nothing maps to an unknown token).
+_WORD_TEXT = """
+a an the of in on at with and or by to from under over near photo picture painting portrait
+cat dog bird horse fish fox owl bear robot astronaut man woman child red green blue yellow orange
+purple pink black white gray brown golden small large old young happy beautiful tree forest
+flower garden river lake ocean beach mountain sky sun moon star night city street house castle
+car boat table chair book cup window circle circles square squares triangle triangles two three
+left right top bottom style oil watercolor digital cinematic lighting detailed realistic
+"""
+WORDS = _WORD_TEXT.split()
+CLIP_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
+TEXT_DIM = 32  # hidden size of the tiny CLIP text encoder = the UNet's cross-attention dim
+# Stable Diffusion 1.x's scheduler_config.json (PNDMScheduler, as the v1-5 repository ships it).
+SD_SCHEDULER_CONFIG: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+
+
+def _bpe_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP-style byte-level BPE: the 256 byte symbols, the same with the end-of-word mark, the
+    merges that build every listed word left to right, then the two special tokens."""
+    from tokenizers import pre_tokenizers
+
+    merges: list[tuple[str, str]] = []
+    for word in WORDS:
+        symbols = [*word[:-1], word[-1] + "</w>"]
+        built = symbols[0]
+        for symbol in symbols[1:]:
+            merges.append((built, symbol))
+            built += symbol
+    merges = list(dict.fromkeys(merges))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = alphabet + [c + "</w>" for c in alphabet] + [a + b for a, b in merges]
+    tokens = list(dict.fromkeys(tokens)) + list(CLIP_SPECIALS)
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def clip_tokenizer():
+    """The tiny transformers CLIPTokenizer (77 tokens, pad = end of text, as SD's), read from
+    vocab.json and merges.txt as the real one is (the path every transformers version takes)."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        _write_tokenizer_files(Path(folder))
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+
+
+def _write_tokenizer_files(folder: Path) -> None:
+    """The tokenizer folder as the SD repositories have it: vocab.json and merges.txt (next to the
+    tokenizer config), no tokenizer.json."""
+    vocab, merges = _bpe_vocab()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "tokenizer.json").unlink(missing_ok=True)
+
+
+def tiny_components(seed: int = 0, vae_blocks: int = 2) -> dict[str, Any]:
+    """Random tiny SD parts drawn from a forked RNG seeded with ``seed``.
+
+    The VAE has ``vae_blocks`` blocks (scale factor ``2 ** (vae_blocks - 1)``; SD's has 4, factor
+    8). The UNet has SD's block structure (cross-attention down blocks, a plain down block and the
+    mirrored up blocks), two levels only, with SD's ``attention_head_dim`` convention (heads).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = clip_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=TEXT_DIM,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                projection_dim=TEXT_DIM,
+                hidden_act="quick_gelu",
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        channels = (8, 16, 16, 16)[:vae_blocks]
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+            up_block_types=("UpDecoderBlock2D",) * vae_blocks,
+            block_out_channels=channels,
+            layers_per_block=1,
+            norm_num_groups=4,
+            latent_channels=4,
+            sample_size=32,
+            scaling_factor=0.18215,  # SD 1.x's VAE normalisation
+        )
+        unet = UNet2DConditionModel(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            norm_num_groups=8,
+            cross_attention_dim=TEXT_DIM,
+            attention_head_dim=2,
+        )
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "unet": unet}
+
+
+def build_tiny_sd(path: str | Path, seed: int = 0, vae_blocks: int = 2) -> Path:
+    """Write a tiny random SD 1.x checkpoint to ``path`` (diffusers layout, safetensors).
+
+    With the default two-block VAE a 32x32 image has a 4 x 16 x 16 latent. The result depends
+    only on ``seed``; the global RNG is left untouched.
+    """
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    parts = tiny_components(seed, vae_blocks)
+    pipe = StableDiffusionPipeline(
+        **parts,
+        scheduler=PNDMScheduler(**SD_SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    path = Path(path)
+    pipe.save_pretrained(path, safe_serialization=True)
+    _write_tokenizer_files(path / "tokenizer")
+    # The SD repositories' scheduler_config.json also says clip_sample: false (a key PNDM ignores);
+    # DDIMScheduler.from_config reads it, and DDIM's own default would clip x0 to [-1, 1].
+    scheduler_file = path / "scheduler" / "scheduler_config.json"
+    scheduler_config = json.loads(scheduler_file.read_text())
+    scheduler_config["clip_sample"] = False
+    scheduler_file.write_text(json.dumps(scheduler_config, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write a tiny random Stable Diffusion checkpoint.")
+    parser.add_argument("out_dir", help="directory to write (diffusers layout)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-blocks", type=int, default=2, help="VAE factor 2^(blocks-1)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    path = build_tiny_sd(args.out_dir, seed=args.seed, vae_blocks=args.vae_blocks)
+    print(
+        f"wrote a tiny Stable Diffusion checkpoint to {path} in {time.perf_counter() - start:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
