@@ -7,6 +7,7 @@ model before its first iteration and with the trained weights after its last, an
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,12 +52,15 @@ class Evaluator:
 
         self.config = config
         self.reward = reward
-        name, options = config.sampler, {}
+        name, defaults = config.sampler, {}
         if not name:
-            name, options = DETERMINISTIC_SAMPLER[prediction_type]
-        options = {**options, "num_steps": config.num_steps}
-        if "shift" in sampler_options:  # evaluate on the schedule the policy is trained with
-            options["shift"] = sampler_options["shift"]
+            name, defaults = DETERMINISTIC_SAMPLER[prediction_type]
+        # Evaluate on the schedule the policy is trained with: every training sampler option the
+        # evaluation sampler also has (shift; DDIM's beta table and spacing), then the
+        # deterministic defaults (DDIM's eta 0) and the evaluation's own number of steps.
+        fields = {f.name for f in dataclasses.fields(registry.get("sampler", name).config_class)}
+        options = {k: v for k, v in sampler_options.items() if k in fields}
+        options.update(defaults, num_steps=config.num_steps)
         self.sampler = registry.create("sampler", name, options, runtime)
         held_out = load_prompts(config.prompts)  # conditioning images decoded once, kept
         self.prompts = [p for p in held_out for _ in range(config.seeds)]
