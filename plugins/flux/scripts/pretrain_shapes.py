@@ -4,11 +4,12 @@
 
 Reproducible from ``--seed`` on a 2-core CPU in under 30 minutes. The model is a real FLUX
 checkpoint in the diffusers layout, only small: random frozen tiny CLIP and T5 text encoders with
-the tiny tokenizers of `dance_flux.tiny`, an AutoencoderKL trained here on the scenes, and a
-FluxTransformer2DModel trained by flow matching (Lipman et al. 2023; Esser et al. 2024's rectified
-flow: x_s = (1 - s) x0 + s eps, target velocity eps - x0, which is what FLUX predicts) on scenes of
-coloured shapes described by prompts ("two blue squares on the left"), rendered procedurally by
-`dance_shapes.scenes`. It is trained to be good but not perfect, so GRPO has something to improve.
+the tiny tokenizers of `dance.testing.tiny_tokenizers`, an AutoencoderKL trained here on the
+scenes, and a FluxTransformer2DModel trained by flow matching (Lipman et al. 2023; Esser et al.
+2024's rectified flow: x_s = (1 - s) x0 + s eps, target velocity eps - x0, which is what FLUX
+predicts) on scenes of coloured shapes described by prompts ("two blue squares on the left"),
+rendered procedurally by `dance_shapes.scenes`. It is trained to be good but not perfect, so GRPO
+has something to improve.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ SHIFT = 3.0
 def build_modules(seed: int):  # noqa: ANN201
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
-    from dance_flux.tiny import TEXT_DIM, clip_tokenizer, t5_tokenizer, tiny_text_encoders
+    from dance.testing.tiny_tokenizers import clip_tokenizer, t5_tokenizer
+    from dance_flux.tiny import TEXT_DIM, tiny_text_encoders
 
     tokenizer, tokenizer_2 = clip_tokenizer(), t5_tokenizer()
     torch.manual_seed(seed)

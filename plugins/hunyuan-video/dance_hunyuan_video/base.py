@@ -11,29 +11,31 @@ and trained LoRA weights load back into the pipeline with ``load_lora_weights``.
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import logging
 from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from dance.config import option, validate
 from dance.errors import ConfigError, ModelLayoutError, UsageError
-from dance.interfaces import Conditioning, Policy, Prompt, Runtime
+from dance.finetune import (
+    FinetunedPolicy,
+    TrainedNetwork,
+    check_finetune_options,
+    finetune_option,
+    lora_alpha_option,
+    lora_rank_option,
+)
+from dance.interfaces import Conditioning, Prompt, Runtime
+from dance.model_layout import transformers_dtype
 from dance_hunyuan_video.layout import resolve_model, resolve_transformer, transformer_config
 from dance_hunyuan_video.prompting import DEFAULT_CROP_START, DEFAULT_TEMPLATE
 
 logger = logging.getLogger(__name__)
-
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what load_lora_weights reads
-TRANSFORMER_DIR = "transformer"  # a full fine-tune, loadable as HunyuanVideoTransformer3DModel
-ADAPTER = "default"
 # The pipeline's scheduler timesteps are sigma * num_train_timesteps (1000 in
 # FlowMatchEulerDiscreteScheduler), and its embedded guidance is guidance_scale * 1000.
 TIMESTEP_SCALE = 1000.0
@@ -76,15 +78,9 @@ class HunyuanCommonConfig:
         " 95 for the default template and HunyuanVideo's Llama 3 tokenizer.",
         ge=0,
     )
-    finetune: str = option(
-        "lora",
-        "What trains: LoRA adapters on the transformer ('lora') or the whole transformer ('full').",
-        choices=("lora", "full"),
-    )
-    lora_rank: int = option(128, "LoRA rank r.", ge=1)
-    lora_alpha: float = option(
-        256.0, "LoRA alpha; the adapter output is scaled by alpha / r.", gt=0
-    )
+    finetune: str = finetune_option("transformer")
+    lora_rank: int = lora_rank_option(128)
+    lora_alpha: float = lora_alpha_option(256.0)
     lora_targets: list[str] = option(
         ["to_q", "to_k", "to_v", "to_out.0"],
         "Transformer modules (name suffixes) that get LoRA adapters: the attention projections of"
@@ -130,21 +126,7 @@ class HunyuanCommonConfig:
             )
         if self.prompt_template.count("{}") != 1:
             raise ConfigError("policy.prompt_template must contain '{}' (the prompt) exactly once")
-        if self.finetune == "lora" and not self.lora_targets:
-            raise ConfigError("policy.lora_targets is empty: name the modules that get LoRA")
-
-
-def _transformers_dtype(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """transformers 5 names the load dtype `dtype`; 4.x calls it `torch_dtype`."""
-    import transformers
-
-    major = int(transformers.__version__.split(".")[0])
-    return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
-
-
-def _full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """A plain tensor from a DTensor (FSDP2 shards); every rank must call this together."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
+        check_finetune_options(self)
 
 
 class LRUCache(OrderedDict):
@@ -165,7 +147,7 @@ class LRUCache(OrderedDict):
             self.popitem(last=False)
 
 
-class HunyuanFamilyPolicy(Policy):
+class HunyuanFamilyPolicy(FinetunedPolicy):
     """A HunyuanVideo-family video policy: Llama + CLIP prompt encoders, a flow-matching video
     transformer over [B, C, F, h, w] latents and the causal 3D VAE. Predicts the flow velocity.
 
@@ -175,6 +157,12 @@ class HunyuanFamilyPolicy(Policy):
 
     modality = "video"
     prediction_type = "flow"
+    # LoRA saves through HunyuanVideoPipeline.save_lora_weights (the family's pipelines read it
+    # back with load_lora_weights); a full fine-tune is transformer/, a
+    # HunyuanVideoTransformer3DModel.
+    trained_network = TrainedNetwork(
+        component="transformer", pipeline="HunyuanVideoPipeline", model="HunyuanVideo"
+    )
 
     def __init__(self, config: HunyuanCommonConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)
@@ -196,8 +184,6 @@ class HunyuanFamilyPolicy(Policy):
         self._offload = config.offload_frozen and runtime.device.type == "cuda"
         self._load_components()
         self._text_cache: LRUCache = LRUCache(config.prompt_cache_size)
-        self._reference_model: torch.nn.Module | None = None
-        self._in_reference = False
 
     @abstractmethod
     def _check_transformer_config(self, config: dict[str, Any]) -> None:
@@ -236,12 +222,12 @@ class HunyuanFamilyPolicy(Policy):
         )
         self.text_encoder = freeze(
             LlamaModel.from_pretrained(
-                path / "text_encoder", local_files_only=True, **_transformers_dtype(frozen)
+                path / "text_encoder", local_files_only=True, **transformers_dtype(frozen)
             )
         )
         self.text_encoder_2 = freeze(
             CLIPTextModel.from_pretrained(
-                path / "text_encoder_2", local_files_only=True, **_transformers_dtype(frozen)
+                path / "text_encoder_2", local_files_only=True, **transformers_dtype(frozen)
             )
         )
         self.vae = freeze(
@@ -253,31 +239,13 @@ class HunyuanFamilyPolicy(Policy):
             self.vae.enable_tiling()
         self._check_template()
 
-        lora = cfg.finetune == "lora"
-        # LoRA trains fp32 adapters over frozen base weights (frozen dtype); a full fine-tune
-        # trains the fp32 weights themselves.
-        transformer = HunyuanVideoTransformer3DModel.from_pretrained(
-            self.transformer_path,
-            torch_dtype=frozen if lora else torch.float32,
-            local_files_only=True,
-        )
-        transformer.requires_grad_(False)
-        if lora:
-            self._add_lora(transformer)
-        else:
-            transformer.requires_grad_(True)
-        self.transformer = transformer.to(device)
-        self._trainable = [p for p in self.transformer.parameters() if p.requires_grad]
+        # LoRA adapters or the whole transformer; self.trained keeps the reference model and
+        # saves and loads what trains.
+        self.transformer = self.load_network(HunyuanVideoTransformer3DModel, self.transformer_path)
         if cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self._set_latent_geometry()
         self.guidance_embeds = bool(self.transformer.config.guidance_embeds)
-        # bf16 autocast on CUDA (as DanceGRPO); CPU runs in the weights' own dtype.
-        self._autocast = device.type == "cuda"
-        if self._autocast:
-            self._compute_dtype = torch.bfloat16
-        else:
-            self._compute_dtype = frozen if lora else torch.float32
 
     def _check_template(self) -> None:
         """Warn when crop_start does not match the template's prefix under this tokenizer (another
@@ -316,34 +284,6 @@ class HunyuanFamilyPolicy(Policy):
         self.latent_frames = (cfg.num_frames - 1) // temporal + 1
         self.latent_height = cfg.height // spatial
         self.latent_width = cfg.width // spatial
-
-    def _add_lora(self, transformer: torch.nn.Module) -> None:
-        from peft import LoraConfig
-
-        cfg = self.config
-        lora_config = LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            target_modules=list(cfg.lora_targets),
-            init_lora_weights="gaussian",
-        )
-        # A fixed seed, on CPU and apart from the global RNG: every rank of a run starts from the
-        # same adapters (lora_B is zero, so the policy starts as the base model either way).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            try:
-                transformer.add_adapter(lora_config, adapter_name=ADAPTER)
-            except ValueError as exc:
-                first_line = str(exc).strip().splitlines()[0]
-                raise ConfigError(
-                    f"policy.lora_targets {list(cfg.lora_targets)} match no HunyuanVideo"
-                    f" transformer module ({first_line})"
-                ) from None
-        for name, param in transformer.named_parameters():
-            is_lora = ".lora_A." in name or ".lora_B." in name
-            if is_lora:
-                param.data = param.data.to(torch.float32)
-            param.requires_grad_(is_lora)
 
     @contextlib.contextmanager
     def _frozen_on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
@@ -478,14 +418,10 @@ class HunyuanFamilyPolicy(Policy):
                 f" width = {self.config.num_frames}x{self.config.height}x{self.config.width}, whose"
                 f" latents are [B, {', '.join(map(str, expected))}]"
             )
-        model, dtype = self.transformer, self._compute_dtype
-        if self._in_reference and self.config.finetune == "full":
-            model = self._reference_model
-            if not self._autocast:  # the frozen copy computes in the frozen dtype
-                dtype = self.runtime.frozen_dtype
+        model, dtype = self.trained.forward_network()  # the reference inside reference()
         # The pipeline's scheduler timesteps: sigma * 1000, in fp32 (the latents' dtype).
         t = timesteps.to(self.runtime.device, torch.float32).expand(latents.shape[0])
-        with self._autocast_context():
+        with self.trained.autocast_context():
             return self._guided_forward(
                 model, dtype, latents.to(self.runtime.device), t * TIMESTEP_SCALE, cond
             )
@@ -533,11 +469,6 @@ class HunyuanFamilyPolicy(Policy):
         )[0]
         return out.float()
 
-    def _autocast_context(self) -> contextlib.AbstractContextManager[Any]:
-        if self._autocast:
-            return torch.autocast(self.runtime.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Pixels [B, 3, F, H, W] in [0, 1] (fp32), as the pipeline's output stage: undo the VAE
@@ -550,202 +481,3 @@ class HunyuanFamilyPolicy(Policy):
                 z = row[None].to(self.runtime.device, vae.dtype) / vae.config.scaling_factor
                 videos.append(vae.decode(z, return_dict=False)[0].float())
         return (torch.cat(videos) / 2 + 0.5).clamp(0, 1)
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self._trainable)
-
-    def trainable_modules(self) -> list[torch.nn.Module]:
-        return [self.transformer]
-
-    def train(self, mode: bool = True) -> None:
-        self.transformer.train(mode)
-
-    # --- reference model (KL term) -------------------------------------------------------------
-
-    def prepare_reference(self) -> None:
-        """Full fine-tune: keep a frozen copy (frozen dtype) of the transformer as it is now.
-        LoRA needs nothing: the reference is the base model with adapters disabled."""
-        if self.config.finetune == "full" and self._reference_model is None:
-            reference = copy.deepcopy(self.transformer)
-            reference.to(self.runtime.frozen_dtype).requires_grad_(False).eval()
-            self._reference_model = reference
-
-    @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
-        """Inside, :meth:`predict` gives the frozen reference model."""
-        if self._in_reference:  # nested: already the reference
-            yield
-            return
-        if self.config.finetune == "full":
-            if self._reference_model is None:
-                raise RuntimeError(
-                    f"policy '{self.name}': reference() under a full fine-tune needs"
-                    " prepare_reference() first (it keeps the frozen copy of the transformer)"
-                )
-            self._in_reference = True
-            try:
-                yield
-            finally:
-                self._in_reference = False
-            return
-        self.transformer.disable_adapters()
-        self._in_reference = True
-        try:
-            yield
-        finally:
-            self._in_reference = False
-            self.transformer.enable_adapters()
-            # peft toggles requires_grad with the adapters; restore exactly what trains.
-            for param in self._trainable:
-                param.requires_grad_(True)
-
-    # --- trained weights -----------------------------------------------------------------------
-
-    def save_trained(self, directory: str) -> None:
-        """LoRA: pytorch_lora_weights.safetensors as HunyuanVideoPipeline.save_lora_weights writes
-        it (the pipeline's load_lora_weights reads it back, alpha included). Full fine-tune:
-        transformer/ as HunyuanVideoTransformer3DModel.save_pretrained writes it.
-
-        Under FSDP every rank must call this (the shards are gathered); rank 0 writes."""
-        out = Path(directory)
-        main = self.runtime.rank == 0
-        if self.config.finetune == "lora":
-            from diffusers import HunyuanVideoPipeline
-            from peft.utils import get_peft_model_state_dict
-
-            state = get_peft_model_state_dict(self.transformer, adapter_name=ADAPTER)
-            state = {k: _full_tensor(v).detach().cpu().contiguous() for k, v in state.items()}
-            # The adapter config (alpha, rank, targets) travels in the safetensors metadata; without
-            # it diffusers would assume alpha = rank and load a differently scaled model.
-            metadata = self.transformer.peft_config[ADAPTER].to_dict()
-            HunyuanVideoPipeline.save_lora_weights(
-                out,
-                transformer_lora_layers=state,
-                transformer_lora_adapter_metadata=metadata,
-                is_main_process=main,
-                safe_serialization=True,
-            )
-        else:
-            self.transformer.save_pretrained(
-                out / TRANSFORMER_DIR, is_main_process=main, safe_serialization=True
-            )
-
-    def load_trained(self, directory: str) -> None:
-        """Load what :meth:`save_trained` wrote, in place (optimizer references stay valid).
-        Raises UsageError when the directory holds no weights for this fine-tune mode or when
-        the names or shapes do not match this policy's trainable weights exactly."""
-        src = Path(directory)
-        lora_file, full_dir = src / LORA_WEIGHT_NAME, src / TRANSFORMER_DIR
-        if self.config.finetune == "lora":
-            if lora_file.is_file():
-                self._load_lora(lora_file)
-                return
-            if full_dir.is_dir():
-                raise UsageError(
-                    f"{src} holds a full fine-tune ({TRANSFORMER_DIR}/) but policy.finetune is"
-                    " 'lora'; set policy.finetune=full to load it"
-                )
-        else:
-            if full_dir.is_dir():
-                self._load_full(full_dir)
-                return
-            if lora_file.is_file():
-                raise UsageError(
-                    f"{src} holds LoRA weights ({LORA_WEIGHT_NAME}) but policy.finetune is"
-                    " 'full'; set policy.finetune=lora to load them"
-                )
-        raise UsageError(
-            f"no trained {self.name} weights in {src}: expected {LORA_WEIGHT_NAME} (LoRA) or"
-            f" {TRANSFORMER_DIR}/ (full fine-tune)"
-        )
-
-    def _load_lora(self, file: Path) -> None:
-        from peft.utils import get_peft_model_state_dict
-        from safetensors import safe_open
-
-        with safe_open(str(file), framework="pt") as f:
-            metadata = f.metadata() or {}
-            saved = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
-        prefix = "transformer."
-        others = [k for k in saved if not k.startswith(prefix)]
-        if others:
-            raise UsageError(
-                f"{file} has LoRA weights outside the transformer (e.g. {others[0]}); policy"
-                f" '{self.name}' trains the transformer only"
-            )
-        saved = {k[len(prefix) :]: v for k, v in saved.items()}
-        # Map peft's state-dict names (adapter name dropped) to this model's own parameters; a
-        # plain load_state_dict(strict=False) would silently skip every renamed key.
-        params = {
-            name.replace(f".lora_A.{ADAPTER}.", ".lora_A.").replace(
-                f".lora_B.{ADAPTER}.", ".lora_B."
-            ): param
-            for name, param in self.transformer.named_parameters()
-            if f".{ADAPTER}." in name
-        }
-        expected = set(get_peft_model_state_dict(self.transformer, adapter_name=ADAPTER))
-        if expected != set(params):  # pragma: no cover - a peft naming change
-            raise RuntimeError("peft adapter names are not the ones this policy expects")
-        self._check_match(file, saved, params, "policy.lora_targets")
-        alpha = _saved_lora_alpha(metadata)
-        if alpha is not None and alpha != self.config.lora_alpha:
-            raise UsageError(
-                f"{file} was trained with lora_alpha={alpha} but policy.lora_alpha is"
-                f" {self.config.lora_alpha}; set policy.lora_alpha={alpha}"
-            )
-        with torch.no_grad():
-            for key, param in params.items():
-                param.copy_(saved[key])
-
-    def _load_full(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        index = folder / "diffusion_pytorch_model.safetensors.index.json"
-        if index.is_file():
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        else:
-            names = ["diffusion_pytorch_model.safetensors"]
-        saved: dict[str, torch.Tensor] = {}
-        for name in names:
-            if not (folder / name).is_file():
-                raise UsageError(f"{folder} has no {name}: the saved transformer is incomplete")
-            saved.update(load_file(str(folder / name)))
-        own = self.transformer.state_dict()  # tensors share storage with the parameters
-        self._check_match(folder, saved, own, "the transformer")
-        with torch.no_grad():
-            for key, tensor in own.items():
-                tensor.copy_(saved[key])
-
-    @staticmethod
-    def _check_match(
-        source: Path,
-        saved: dict[str, torch.Tensor],
-        own: dict[str, torch.Tensor],
-        what: str,
-    ) -> None:
-        missing = sorted(set(own) - set(saved))
-        unexpected = sorted(set(saved) - set(own))
-        if missing or unexpected:
-            detail = []
-            if missing:
-                detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
-            if unexpected:
-                detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-            raise UsageError(
-                f"trained weights in {source} do not match {what}: {', '.join(detail)}"
-            )
-        for key, tensor in own.items():
-            if saved[key].shape != tensor.shape:
-                raise UsageError(
-                    f"trained weights in {source} do not match {what}: {key} has shape"
-                    f" {tuple(saved[key].shape)}, expected {tuple(tensor.shape)}"
-                    " (a different lora_rank?)"
-                )
-
-
-def _saved_lora_alpha(metadata: dict[str, str]) -> float | None:
-    raw = metadata.get("lora_adapter_metadata")
-    if not raw:
-        return None
-    alpha = json.loads(raw).get("transformer.lora_alpha")
-    return None if alpha is None else float(alpha)

@@ -5,7 +5,8 @@ Every part is the real class the models use (LlamaModel and a Llama 3 style byte
 tokenizer, CLIPTextModel and its tokenizer, AutoencoderKLHunyuanVideo,
 HunyuanVideoTransformer3DModel, FlowMatchEulerDiscreteScheduler), only tiny, written with the
 pipeline's ``save_pretrained`` so that loading exercises the same code path as
-``hunyuanvideo-community/HunyuanVideo``. Nothing is downloaded: the tokenizers are built here.
+``hunyuanvideo-community/HunyuanVideo``. Nothing is downloaded: the tokenizers are built locally
+by :mod:`dance.testing.tiny_tokenizers`.
 
     python -m dance_hunyuan_video.tiny OUT_DIR [--i2v]
 """
@@ -14,89 +15,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dance.testing.tiny_text_encoders import TEXT_DIM, tiny_clip_text_encoder
+from dance.testing.tiny_tokenizers import clip_tokenizer, llama3_tokenizer
 from dance_hunyuan_video.prompting import DEFAULT_TEMPLATE
 
-TEXT_DIM = 32  # hidden size of both tiny text encoders
 LATENT_CHANNELS = 4
-LLAMA_BOS, LLAMA_EOS = "<|begin_of_text|>", "<|end_of_text|>"
-# Llama 3's special tokens that the prompt template uses, as single added tokens.
-LLAMA_SPECIALS = [LLAMA_BOS, LLAMA_EOS, "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-# Llama 3's pre-tokenizer split (tokenizer.json of Meta-Llama-3): contractions, letter runs with
-# one leading non-letter, up to 3 digits, punctuation runs, newlines, spaces.
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-
-def _template_words() -> list[str]:
-    """Pre-tokenized pieces of the prompt template (special tokens removed)."""
-    from tokenizers import Regex, pre_tokenizers
-
-    split = pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated")
-    specials = "|".join(re.escape(s) for s in LLAMA_SPECIALS)
-    parts = re.split(specials, DEFAULT_TEMPLATE.replace("{}", ""))
-    return [piece for part in parts for piece, _ in split.pre_tokenize_str(part)]
 
 
 def llama_tokenizer() -> Any:
-    """A byte-level BPE with Llama 3's pre-tokenizer, special tokens and BOS post-processor.
+    """The tiny Llama 3 style tokenizer, right padding (HunyuanVideoTransformer3DModel masks the
+    text tokens after the first sum(mask) ones, so padding must come last).
 
-    Its vocabulary holds every piece of the HunyuanVideo prompt template and of the FLUX plugin's
-    test word list as one token (``ignore_merges``: a piece found in the vocabulary is not split),
-    as Llama 3's 128k vocabulary does, so that the template's prefix is 95 tokens long here too:
-    the pipeline's ``crop_start``. Other words fall back to bytes."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
-    from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
-
-    from dance_flux.tiny import WORDS
-
-    to_bytes = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    pieces = _template_words() + [w for word in WORDS for w in (word, " " + word)]
-    pieces += [" " + w.capitalize() for w in WORDS] + [w.capitalize() for w in WORDS]
-    words = [to_bytes.pre_tokenize_str(p)[0][0] for p in pieces]
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokens = list(dict.fromkeys(alphabet + sorted(set(words) - set(alphabet))))
-    vocab = {t: i for i, t in enumerate(tokens)}
-    tok = Tokenizer(BPE(vocab=vocab, merges=[], ignore_merges=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(s, special=True) for s in LLAMA_SPECIALS])
-    bos = tok.token_to_id(LLAMA_BOS)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{LLAMA_BOS} $A",
-        pair=f"{LLAMA_BOS} $A {LLAMA_BOS} $B",
-        special_tokens=[(LLAMA_BOS, bos)],
-    )
-    # Right padding: HunyuanVideoTransformer3DModel masks the text tokens after the first
-    # sum(mask) ones, so padding must come last.
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=LLAMA_BOS,
-        eos_token=LLAMA_EOS,
-        pad_token=LLAMA_EOS,
-        padding_side="right",
-        model_max_length=1024,
-    )
+    Every piece of the HunyuanVideo prompt template is one token, as in Llama 3's 128k
+    vocabulary, so that the template's prefix is 95 tokens long here too: the pipeline's
+    ``crop_start``."""
+    return llama3_tokenizer(DEFAULT_TEMPLATE.replace("{}", ""))
 
 
 def tiny_text_encoders(tokenizer: Any, tokenizer_2: Any) -> tuple[Any, Any]:
     """Random tiny LlamaModel (3 layers: the pipeline reads the third hidden state from the end)
     and CLIPTextModel, drawn from the global RNG (seed or fork it around the call)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+    from transformers import LlamaConfig, LlamaModel
 
     llama = LlamaModel(
         LlamaConfig(
@@ -112,21 +57,7 @@ def tiny_text_encoders(tokenizer: Any, tokenizer_2: Any) -> tuple[Any, Any]:
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer_2),
-            hidden_size=TEXT_DIM,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=TEXT_DIM,
-            hidden_act="quick_gelu",
-            bos_token_id=tokenizer_2.bos_token_id,
-            eos_token_id=tokenizer_2.eos_token_id,
-            pad_token_id=tokenizer_2.pad_token_id,
-        )
-    )
+    clip = tiny_clip_text_encoder(tokenizer_2)
     return llama, clip
 
 
@@ -161,8 +92,6 @@ def build_tiny_hunyuan(path: str | Path, seed: int = 0, i2v: bool = False) -> Pa
         HunyuanVideoPipeline,
         HunyuanVideoTransformer3DModel,
     )
-
-    from dance_flux.tiny import clip_tokenizer
 
     tokenizer, tokenizer_2 = llama_tokenizer(), clip_tokenizer()
     with torch.random.fork_rng(devices=[]):

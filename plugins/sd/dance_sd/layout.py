@@ -10,10 +10,10 @@ missing path and the expected layout. ``safety_checker/`` and ``feature_extracto
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from dance.errors import ModelLayoutError
+from dance.model_layout import check_files, check_index_classes, check_shards, find_checkpoint
 
 EXPECTED = (
     "expected the diffusers Stable Diffusion 1.x layout: model_index.json, unet/, vae/,"
@@ -37,44 +37,18 @@ WEIGHTS = {
     "text_encoder": ("model.safetensors", "pytorch_model.bin"),
 }
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
 
 def resolve_model(model: str, cache_dir: str | Path | None = None) -> Path:
     """The checked checkpoint directory for ``model``: a local path or a cached repo id."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        check_layout(path)
-        return path
-    if path.exists():
-        raise ModelLayoutError(f"model path {path} is a file, not a directory; {EXPECTED}")
-    if not _REPO_ID.match(model) or model.startswith((".", "~")):
-        raise ModelLayoutError(f"model directory {path} does not exist; {EXPECTED}")
-    snapshot = _cached_snapshot(model, cache_dir)
-    check_layout(snapshot)
-    return snapshot
-
-
-def _cached_snapshot(repo_id: str, cache_dir: str | Path | None) -> Path:
-    """The cached snapshot of ``repo_id`` that refs/main points at; never touches the network."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        found = snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir)
-    except Exception as exc:  # LocalEntryNotFoundError and friends: all mean "not cached"
-        raise ModelLayoutError(
-            f"model '{repo_id}' is not a local directory and not in the Hugging Face cache"
-            f" ({type(exc).__name__}); download it first (`hf download {repo_id}`) or pass a"
-            " local path to a diffusers Stable Diffusion 1.x checkpoint"
-        ) from None
-    return Path(found)
+    what = "a diffusers Stable Diffusion 1.x checkpoint"
+    path = find_checkpoint(model, EXPECTED, what, cache_dir=cache_dir)
+    check_layout(path)
+    return path
 
 
 def check_layout(path: Path) -> None:
     """Raise ModelLayoutError naming the first missing or unsupported piece under ``path``."""
-    for rel in REQUIRED_FILES:
-        if not (path / rel).is_file():
-            raise ModelLayoutError(f"model directory {path} has no {rel}; {EXPECTED}")
+    check_files(path, REQUIRED_FILES, EXPECTED)
     tokenizer = path / "tokenizer"
     if not any(all((tokenizer / f).is_file() for f in files) for files in TOKENIZER_FILES):
         raise ModelLayoutError(
@@ -85,7 +59,7 @@ def check_layout(path: Path) -> None:
         if not any((path / folder / name).is_file() for name in names):
             index = path / folder / f"{names[0]}.index.json"
             if index.is_file():
-                _check_shards(path, index)
+                check_shards(path, index, EXPECTED)
                 continue
             variants = sorted(p.name for p in (path / folder).glob("*.safetensors"))
             hint = f" (found only {', '.join(variants)}: download the full-precision files)"
@@ -96,26 +70,10 @@ def check_layout(path: Path) -> None:
     _check_model_index(path)
 
 
-def _check_shards(path: Path, index: Path) -> None:
-    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    for shard in shards:
-        if not (index.parent / shard).is_file():
-            rel = index.parent.relative_to(path) / shard
-            raise ModelLayoutError(
-                f"model directory {path} has no {rel} (listed in {index.name}); {EXPECTED}"
-            )
-
-
 def _check_model_index(path: Path) -> None:
     """Other diffusers checkpoints share most folders: SDXL (a second text encoder), SD 2.x-v
     (v-prediction), inpainting UNets (9 input channels). Name what does not fit."""
-    index = json.loads((path / "model_index.json").read_text())
-    unet_class = (index.get("unet") or [None, None])[-1]
-    if unet_class != "UNet2DConditionModel":
-        raise ModelLayoutError(
-            f"model directory {path} is not a Stable Diffusion checkpoint: model_index.json names"
-            f" unet class {unet_class!r}, expected 'UNet2DConditionModel'"
-        )
+    index = check_index_classes(path, {"unet": "UNet2DConditionModel"}, "Stable Diffusion")
     if index.get("text_encoder_2"):
         raise ModelLayoutError(
             f"model directory {path} has a second text encoder (Stable Diffusion XL?); the 'sd'"

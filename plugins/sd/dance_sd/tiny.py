@@ -5,8 +5,9 @@ Every part is the class SD 1.4 / 1.5 uses (CLIPTextModel, CLIPTokenizer, Autoenc
 UNet2DConditionModel, PNDMScheduler with SD's scheduler config), only tiny, written with
 ``StableDiffusionPipeline.save_pretrained`` without safety checker, so that loading it exercises the
 code path of ``stable-diffusion-v1-5/stable-diffusion-v1-5``. The tokenizer folder holds
-``vocab.json`` and ``merges.txt`` as the real one does; its byte-level BPE vocabulary is built here
-from a word list (each word's characters merged left to right), so no download is involved.
+``vocab.json`` and ``merges.txt`` as the real one does; its byte-level BPE vocabulary is built from
+a word list (each word's characters merged left to right) by :mod:`dance.testing.tiny_tokenizers`,
+so no download is involved.
 
     python -m dance_sd.tiny OUT_DIR
 """
@@ -15,15 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dance.testing.tiny_text_encoders import TEXT_DIM, tiny_clip_text_encoder
+from dance.testing.tiny_tokenizers import clip_tokenizer_from_vocab_files, write_clip_vocab_files
+
 # Words that become whole tokens: test prompts tokenize into real pieces, other words into
-# characters (every byte has a token, so nothing maps to an unknown token).
+# characters (every byte has a token, so nothing maps to an unknown token). A list of its own, not
+# dance.testing.tiny_tokenizers.WORDS: the tiny SD checkpoint's vocabulary stays as it was built.
 _WORD_TEXT = """
 a an the of in on at with and or by to from under over near photo picture painting portrait
 cat dog bird horse fish fox owl bear robot astronaut man woman child red green blue yellow orange
@@ -33,8 +37,6 @@ car boat table chair book cup window circle circles square squares triangle tria
 left right top bottom style oil watercolor digital cinematic lighting detailed realistic
 """
 WORDS = _WORD_TEXT.split()
-CLIP_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
-TEXT_DIM = 32  # hidden size of the tiny CLIP text encoder = the UNet's cross-attention dim
 # Stable Diffusion 1.x's scheduler_config.json (PNDMScheduler, as the v1-5 repository ships it).
 SD_SCHEDULER_CONFIG: dict[str, Any] = {
     "beta_start": 0.00085,
@@ -48,43 +50,10 @@ SD_SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 
-def _bpe_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """CLIP-style byte-level BPE: the 256 byte symbols, the same with the end-of-word mark, the
-    merges that build every listed word left to right, then the two special tokens."""
-    from tokenizers import pre_tokenizers
-
-    merges: list[tuple[str, str]] = []
-    for word in WORDS:
-        symbols = [*word[:-1], word[-1] + "</w>"]
-        built = symbols[0]
-        for symbol in symbols[1:]:
-            merges.append((built, symbol))
-            built += symbol
-    merges = list(dict.fromkeys(merges))
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokens = alphabet + [c + "</w>" for c in alphabet] + [a + b for a, b in merges]
-    tokens = list(dict.fromkeys(tokens)) + list(CLIP_SPECIALS)
-    return {t: i for i, t in enumerate(tokens)}, merges
-
-
-def clip_tokenizer():
+def clip_tokenizer() -> Any:
     """The tiny transformers CLIPTokenizer (77 tokens, pad = end of text, as SD's), read from
-    vocab.json and merges.txt as the real one is (the path every transformers version takes)."""
-    from transformers import CLIPTokenizer
-
-    with tempfile.TemporaryDirectory() as folder:
-        _write_tokenizer_files(Path(folder))
-        return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
-
-
-def _write_tokenizer_files(folder: Path) -> None:
-    """The tokenizer folder as the SD repositories have it: vocab.json and merges.txt (next to the
-    tokenizer config), no tokenizer.json."""
-    vocab, merges = _bpe_vocab()
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
-    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (folder / "tokenizer.json").unlink(missing_ok=True)
+    vocab.json and merges.txt as the real one is."""
+    return clip_tokenizer_from_vocab_files(WORDS)
 
 
 def tiny_components(seed: int = 0, vae_blocks: int = 2) -> dict[str, Any]:
@@ -95,26 +64,11 @@ def tiny_components(seed: int = 0, vae_blocks: int = 2) -> dict[str, Any]:
     mirrored up blocks), two levels only, with SD's ``attention_head_dim`` convention (heads).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = clip_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=TEXT_DIM,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                projection_dim=TEXT_DIM,
-                hidden_act="quick_gelu",
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        text_encoder = tiny_clip_text_encoder(tokenizer)
         channels = (8, 16, 16, 16)[:vae_blocks]
         vae = AutoencoderKL(
             in_channels=3,
@@ -137,7 +91,7 @@ def tiny_components(seed: int = 0, vae_blocks: int = 2) -> dict[str, Any]:
             block_out_channels=(16, 32),
             layers_per_block=1,
             norm_num_groups=8,
-            cross_attention_dim=TEXT_DIM,
+            cross_attention_dim=TEXT_DIM,  # the text encoder's hidden size
             attention_head_dim=2,
         )
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "unet": unet}
@@ -161,7 +115,7 @@ def build_tiny_sd(path: str | Path, seed: int = 0, vae_blocks: int = 2) -> Path:
     )
     path = Path(path)
     pipe.save_pretrained(path, safe_serialization=True)
-    _write_tokenizer_files(path / "tokenizer")
+    write_clip_vocab_files(path / "tokenizer", WORDS)
     # The SD repositories' scheduler_config.json also says clip_sample: false (a key PNDM ignores);
     # DDIMScheduler.from_config reads it, and DDIM's own default would clip x0 to [-1, 1].
     scheduler_file = path / "scheduler" / "scheduler_config.json"

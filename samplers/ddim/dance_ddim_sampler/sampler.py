@@ -11,7 +11,8 @@ as diffusers' ``DDIMScheduler.step`` implements it and as DDPO (Black et al., 20
     x_prev = mean + std * z
 
 The log-probability is the Gaussian density of ``x_prev`` under ``(mean, std)`` in fp32, averaged
-over the non-batch elements (DDPO's and DanceGRPO's convention) or summed.
+over the non-batch elements (DDPO's and DanceGRPO's convention) or summed
+(:func:`dance.gaussian.gaussian_log_prob`).
 
 DDPO clamps the previous timestep of the last step to 0 before looking up its alpha, so it always
 uses ``abar_0`` there; that is what Stable Diffusion 1.x's ``set_alpha_to_one = false`` gives too.
@@ -19,17 +20,15 @@ uses ``abar_0`` there; that is what Stable Diffusion 1.x's ``set_alpha_to_one = 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from dance.config import option
 from dance.errors import ConfigError
+from dance.gaussian import draw_noise, gather_levels, gaussian_log_prob, log_prob_reduction_option
 from dance.interfaces import Sampler, Schedule, StepOutput
 from dance_ddim_sampler.schedule import ddim_schedule
-
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 @dataclass
@@ -65,11 +64,7 @@ class DDIMConfig:
     )
     clip_sample: bool = option(False, "clamp the clean prediction x0 to +-clip_sample_range")
     clip_sample_range: float = option(1.0, "bound of the x0 clamp when clip_sample is on", gt=0)
-    log_prob_reduction: str = option(
-        "mean",
-        "reduce the per-element log-density over non-batch dims by 'mean' (DanceGRPO) or 'sum'",
-        choices=("mean", "sum"),
-    )
+    log_prob_reduction: str = log_prob_reduction_option()
 
     def check(self) -> None:
         if self.beta_end < self.beta_start:
@@ -82,17 +77,6 @@ class DDIMConfig:
                 f"sampler.num_steps ({self.num_steps}) cannot exceed sampler.num_train_timesteps"
                 f" ({self.num_train_timesteps})"
             )
-
-
-def gather_levels(
-    levels: torch.Tensor, step_index: torch.Tensor, ndim: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ``abar_t`` and ``abar_prev`` as ``[B, 1, ...]``, broadcastable to ``ndim``-D.
-
-    A training micro-batch mixes steps, so the alphas are gathered per sample."""
-    idx = step_index.to(device=levels.device, dtype=torch.long)
-    shape = (idx.shape[0],) + (1,) * (ndim - 1)
-    return levels.index_select(0, idx).view(shape), levels.index_select(0, idx + 1).view(shape)
 
 
 def ddim_mean_std(
@@ -117,34 +101,6 @@ def ddim_mean_std(
     direction = (1.0 - abar_prev - std.square()).clamp_min(0.0).sqrt()
     mean = abar_prev.sqrt() * x0 + direction * eps
     return x0, mean, std
-
-
-def gaussian_log_prob(
-    sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, reduction: str = "mean"
-) -> torch.Tensor:
-    """Log-density ``[B]`` of ``sample`` under ``N(mean, std^2)``, reduced over non-batch dims.
-
-    ``std`` holds one value per sample (``[B, 1, ...]``). A sample with ``std == 0`` made a
-    deterministic transition with no density: it gets log-prob 0 (ratio 1, no gradient), never
-    NaN or inf. Gradients flow through ``mean`` only.
-    """
-    batch = mean.shape[0]
-    std_b = std.reshape(batch).float()
-    stochastic = std_b > 0
-    # 1 in place of a zero std before dividing: the masked-out branch of torch.where must carry
-    # neither an inf value nor a NaN gradient.
-    safe = torch.where(stochastic, std_b, torch.ones_like(std_b))
-    sq = (sample.detach().float() - mean.float()).square().flatten(1)
-    if reduction == "mean":
-        sq, count = sq.mean(dim=1), 1
-    elif reduction == "sum":
-        sq, count = sq.sum(dim=1), sq.shape[1]
-    else:
-        raise ValueError(f"log_prob_reduction must be 'mean' or 'sum', got {reduction!r}")
-    # The per-element density -(d^2)/(2 std^2) - log std - log sqrt(2 pi), reduced: the squared
-    # error is reduced first, then scaled once per sample.
-    log_prob = -sq / (2.0 * safe.square()) - count * (safe.log() + _HALF_LOG_2PI)
-    return torch.where(stochastic, log_prob, torch.zeros_like(log_prob))
 
 
 class DDIMSampler(Sampler):
@@ -203,9 +159,6 @@ class DDIMSampler(Sampler):
         elif deterministic or cfg.eta == 0:
             sample = mean  # eta = 0 is plain DDIM: std 0, nothing to draw
         else:
-            # Draw on the generator's device so a CPU generator gives the same noise on any device.
-            device = generator.device if generator is not None else x.device
-            noise = torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32)
-            sample = mean + std * noise.to(x.device)
+            sample = mean + std * draw_noise(x, generator)
         log_prob = gaussian_log_prob(sample, mean, std, cfg.log_prob_reduction)
         return StepOutput(next_latents=sample, log_prob=log_prob, mean=mean, std=std, x0=x0)

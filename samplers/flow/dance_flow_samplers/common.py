@@ -1,4 +1,5 @@
-"""Code shared by the flow samplers: config fields, per-sample sigmas, SDE step, log-density.
+"""Code shared by the flow samplers: schedule fields, the SDE step and the sampler base class
+(per-sample sigmas, noise and the log-density come from :mod:`dance.gaussian`).
 
 Notation (see DESIGN.md, "The algorithm"): latents ``x`` at level ``s = s_k``, velocity ``v``, next
 level ``s' = s_{k+1}``, ``D = s - s'``; clean prediction ``x0 = x - s * v``; noise prediction
@@ -8,18 +9,15 @@ Euler-Maruyama gives ``x' ~ N(x - D * (v + g^2 * e / (2 * s)), g^2 * D)``; ``g =
 
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from dance.config import option
+from dance.gaussian import draw_noise, gather_levels, gaussian_log_prob
 from dance.interfaces import Sampler, Schedule, StepOutput
 from dance_flow_samplers.schedule import flow_schedule
-
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 @dataclass
@@ -32,29 +30,6 @@ class FlowScheduleConfig:
         "sigma shift: s = shift*u / (1 + (shift-1)*u); above 1 keeps more steps at high noise",
         gt=0,
     )
-
-
-def log_prob_reduction_option() -> Any:
-    """The ``log_prob_reduction`` field of the stochastic samplers' configs."""
-    return option(
-        "mean",
-        "reduce the per-element log-density over non-batch dims by 'mean' (DanceGRPO) or 'sum'",
-        choices=("mean", "sum"),
-    )
-
-
-def gather_sigmas(
-    levels: torch.Tensor, step_index: torch.Tensor, ndim: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ``s_k`` and ``s_{k+1}`` as ``[B, 1, ...]``, broadcastable to ``ndim``-D latents.
-
-    A training micro-batch mixes steps, so sigmas are gathered per sample, never read as scalars.
-    """
-    idx = step_index.to(device=levels.device, dtype=torch.long)
-    shape = (idx.shape[0],) + (1,) * (ndim - 1)
-    s = levels.index_select(0, idx).view(shape)
-    s_next = levels.index_select(0, idx + 1).view(shape)
-    return s, s_next
 
 
 def sde_mean_std(
@@ -70,34 +45,6 @@ def sde_mean_std(
     mean = x - d * (v + (g * g) * e / (2.0 * s))
     std = g * d.sqrt()
     return mean, std
-
-
-def gaussian_log_prob(
-    sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, reduction: str = "mean"
-) -> torch.Tensor:
-    """Log-density ``[B]`` of ``sample`` under ``N(mean, std^2)``, reduced over non-batch dims.
-
-    ``std`` is ``[B, 1, ...]``: one std per sample. Samples with ``std == 0`` made a deterministic
-    transition, which has no density; they get log-prob 0 (a constant, so their importance ratio is
-    1 and they add no gradient), never NaN or inf. Gradients flow through ``mean`` only.
-    """
-    batch = mean.shape[0]
-    std_b = std.reshape(batch).float()
-    stochastic = std_b > 0
-    # Substitute 1 for zero stds before dividing, so that neither the value nor the gradient of
-    # the masked-out branch of torch.where carries inf or NaN.
-    safe = torch.where(stochastic, std_b, torch.ones_like(std_b))
-    sq = (sample.detach().float() - mean.float()).square().flatten(1)
-    # Reduce the squared error first, then apply the per-sample scale: same value as reducing
-    # the per-element density, one fewer pass over the latents.
-    if reduction == "mean":
-        sq, count = sq.mean(dim=1), 1
-    elif reduction == "sum":
-        sq, count = sq.sum(dim=1), sq.shape[1]
-    else:
-        raise ValueError(f"log_prob_reduction must be 'mean' or 'sum', got {reduction!r}")
-    log_prob = -sq / (2.0 * safe.square()) - count * (safe.log() + _HALF_LOG_2PI)
-    return torch.where(stochastic, log_prob, torch.zeros_like(log_prob))
 
 
 class FlowSampler(Sampler):
@@ -145,7 +92,7 @@ class FlowSampler(Sampler):
         x = latents.float()
         v = model_output.float()
         levels = schedule.levels.to(device=x.device, dtype=torch.float32)
-        s, s_next = gather_sigmas(levels, step_index, x.ndim)
+        s, s_next = gather_levels(levels, step_index, x.ndim)
         x0 = x - s * v
         mean, std = self.mean_std(x, v, x0, s, s_next, levels)
 
@@ -154,10 +101,7 @@ class FlowSampler(Sampler):
         elif deterministic or not self.stochastic:
             sample = mean
         else:
-            # Draw on the generator's device so a CPU generator gives the same noise on any device.
-            device = generator.device if generator is not None else x.device
-            noise = torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32)
-            sample = mean + std * noise.to(x.device)
+            sample = mean + std * draw_noise(x, generator)
 
         if self.stochastic:
             log_prob = gaussian_log_prob(sample, mean, std, self.config.log_prob_reduction)

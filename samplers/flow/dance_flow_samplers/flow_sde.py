@@ -14,11 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from dance.config import option
-from dance_flow_samplers.common import (
-    FlowScheduleConfig,
-    RectifiedFlowSDE,
-    log_prob_reduction_option,
-)
+from dance.gaussian import log_prob_reduction_option
+from dance_flow_samplers.common import FlowScheduleConfig, RectifiedFlowSDE
 
 
 @dataclass

@@ -189,7 +189,7 @@ def test_offload_frozen_on_cuda_keeps_encoder_and_vae_in_cpu_memory(tiny_sd):
     [
         ({"height": 36}, ConfigError, "policy.height must be a multiple of 8"),
         ({"lora_targets": []}, ConfigError, "lora_targets is empty"),
-        ({"lora_targets": ["no_such_module"]}, ConfigError, "match no UNet module"),
+        ({"lora_targets": ["no_such_module"]}, ConfigError, "match no Stable Diffusion UNet"),
         ({"model": ""}, UsageError, "policy 'sd' needs a model"),
     ],
 )
