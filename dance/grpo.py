@@ -79,12 +79,17 @@ class GRPOTrainer:
         self.weights = {spec.label: spec.weight for spec in recipe.rewards}
 
         self.schedule = self.sampler.schedule(device=rt.device)
-        steps = self.schedule.num_steps
-        self.trainable_steps = steps if cfg.train_last_step else steps - 1
-        if self.trainable_steps < 1:
+        # The steps an update may train on: random transitions only (a sampler that mixes SDE
+        # and ODE steps has no log-probability on its ODE steps), the last one only on request.
+        candidates = self.sampler.noisy_steps(self.schedule).cpu().clone()  # [N] bool
+        if not cfg.train_last_step:
+            candidates[-1] = False
+        self.train_steps = torch.nonzero(candidates).squeeze(1)  # [T_max]
+        if self.train_steps.numel() < 1:
             raise ConfigError(
-                "the sampler has 1 step and the last step is not trained: raise sampler.num_steps "
-                "or set trainer.train_last_step=true"
+                "no sampling step can be trained: the last step is excluded (set "
+                "trainer.train_last_step=true or raise sampler.num_steps) and the sampler's "
+                "other steps are deterministic"
             )
         self.samples_per_iteration = cfg.prompts_per_iteration * cfg.group_size
         if self.samples_per_iteration % rt.world_size:
@@ -315,9 +320,10 @@ class GRPOTrainer:
         gen = torch.Generator().manual_seed(
             (cfg.seed * 1_000_003 + it) * 104_729 + self.runtime.rank
         )
-        per_sample = max(1, int(cfg.timestep_fraction * self.trainable_steps))
+        count = self.train_steps.numel()
+        per_sample = max(1, int(cfg.timestep_fraction * count))
         steps = torch.stack(
-            [torch.randperm(self.trainable_steps, generator=gen)[:per_sample] for _ in range(n)]
+            [self.train_steps[torch.randperm(count, generator=gen)[:per_sample]] for _ in range(n)]
         )  # [n, T]
         samples = torch.arange(n).unsqueeze(1).expand_as(steps)  # [n, T]
         order = torch.randperm(steps.numel(), generator=gen)

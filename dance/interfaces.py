@@ -198,6 +198,12 @@ class Sampler(ABC):
     ) -> Schedule:
         """The schedule; ``num_steps`` defaults to the sampler config's number of steps."""
 
+    def noisy_steps(self, schedule: Schedule) -> torch.Tensor:
+        """Bool ``[N]``: the steps whose transition is random, so that it has a log-probability and
+        can be trained. Every step of a stochastic sampler by default; a sampler that mixes SDE
+        and ODE steps (MixGRPO, Flow-GRPO-Fast) marks only its SDE steps."""
+        return torch.full((schedule.num_steps,), self.stochastic, dtype=torch.bool)
+
     @abstractmethod
     def step(
         self,

@@ -286,3 +286,30 @@ def test_best_of_n_trains_only_the_extremes(registry, tmp_path):
     assert seen["rows"] == 4  # 2 prompts x k = 2, not 2 x 6
     assert sorted(seen["trained"].tolist()) == sorted(expected.tolist())
     assert metrics["trained_samples"] == 4
+
+
+def test_only_the_sde_window_is_trained(registry, tmp_path):
+    sampler = {"name": "flow-sde", "num_steps": 6, "sde_window_start": 1, "sde_window_size": 2}
+    trainer = make_trainer(
+        registry, tmp_path, {"timestep_fraction": 1.0, "old_log_probs": "rollout"}, sampler=sampler
+    )
+    seen = []
+    real = trainer._transition
+
+    def spy(rollout, i, s):
+        seen.append(s.clone())
+        return real(rollout, i, s)
+
+    trainer._transition = spy
+    metrics = trainer.iteration(0)
+    steps = torch.cat(seen)
+    assert sorted(set(steps.tolist())) == [1, 2] and steps.numel() == 8 * 2
+    assert metrics["ratio/first_step_max_dev"] < 1e-5
+
+
+def test_a_window_on_the_last_step_alone_cannot_train(registry, tmp_path):
+    from dance.errors import ConfigError
+
+    sampler = {"name": "flow-sde", "num_steps": 4, "sde_window_start": 3, "sde_window_size": 1}
+    with pytest.raises(ConfigError, match="no sampling step can be trained"):
+        make_trainer(registry, tmp_path, sampler=sampler)

@@ -391,9 +391,10 @@ def test_gradients_flow_to_the_model_output_only(name):
 
 def test_config_fields_defaults_and_validation():
     fields = {name: {f.name: f for f in describe(cls.config_class)} for name, cls in ALL.items()}
-    assert list(fields["dance-sde"]) == ["num_steps", "shift", "eta", "log_prob_reduction"]
-    assert list(fields["flow-sde"]) == ["num_steps", "shift", "noise_level", "log_prob_reduction"]
-    assert list(fields["cps"]) == ["num_steps", "shift", "noise_level", "log_prob_reduction"]
+    window = ["num_steps", "shift", "sde_window_start", "sde_window_size"]
+    assert list(fields["dance-sde"]) == [*window, "eta", "log_prob_reduction"]
+    assert list(fields["flow-sde"]) == [*window, "noise_level", "log_prob_reduction"]
+    assert list(fields["cps"]) == [*window, "noise_level", "log_prob_reduction"]
     assert list(fields["ode"]) == ["num_steps", "shift"]
     assert fields["dance-sde"]["eta"].default == 0.3
     assert fields["flow-sde"]["noise_level"].default == 0.7
@@ -408,6 +409,8 @@ def test_config_fields_defaults_and_validation():
         (DanceSDESampler, {"log_prob_reduction": "max"}),
         (EulerODESampler, {"num_steps": 0}),
         (EulerODESampler, {"shift": 0.0}),
+        (FlowSDESampler, {"sde_window_start": 16, "sde_window_size": 2}),
+        (FlowSDESampler, {"sde_window_size": -1}),
     ]:
         with pytest.raises(ConfigError):
             build(cls.config_class, bad)
@@ -453,3 +456,30 @@ def test_cuda_step_has_no_host_sync_and_matches_cpu(name):
     assert drawn.next_latents.device.type == "cuda" and drawn.log_prob.device.type == "cuda"
     torch.testing.assert_close(out.mean.cpu(), cpu.mean, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.log_prob.cpu(), cpu.log_prob, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cls", [DanceSDESampler, FlowSDESampler, CPSSampler])
+def test_sde_window_draws_noise_only_inside(cls):
+    """MixGRPO / Flow-GRPO-Fast: steps 2 and 3 of 6 are SDE steps, the others Euler ODE steps
+    (std 0, log-prob 0, no noise drawn) that are not offered for training."""
+    windowed = cls(
+        build(cls.config_class, {"num_steps": 6, "sde_window_start": 2, "sde_window_size": 2}),
+        Runtime(),
+    )
+    full = cls(build(cls.config_class, {"num_steps": 6}), Runtime())
+    ode = EulerODESampler(build(EulerODESampler.config_class, {"num_steps": 6}), Runtime())
+    schedule = windowed.schedule()
+    assert windowed.noisy_steps(schedule).tolist() == [False, False, True, True, False, False]
+    assert full.noisy_steps(schedule).all() and not ode.noisy_steps(schedule).any()
+    gen = torch.Generator().manual_seed(0)
+    x, v = torch.randn(6, 4, 3, 5, generator=gen), torch.randn(6, 4, 3, 5, generator=gen)
+    k = torch.arange(6)  # one sample per step
+    out = windowed.step(v, x, k, schedule, generator=torch.Generator().manual_seed(1))
+    reference = full.step(v, x, k, schedule, generator=torch.Generator().manual_seed(1))
+    euler = ode.step(v, x, k, schedule)
+    inside = torch.tensor([False, False, True, True, False, False])
+    torch.testing.assert_close(out.next_latents[~inside], euler.next_latents[~inside])
+    assert (out.log_prob[~inside] == 0).all() and (out.std[~inside] == 0).all()
+    torch.testing.assert_close(out.mean[inside], reference.mean[inside])
+    torch.testing.assert_close(out.std[inside], reference.std[inside])
+    assert (out.std[inside] > 0).all() and (out.log_prob[inside] != 0).all()

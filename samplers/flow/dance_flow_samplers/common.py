@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from dance.config import option
+from dance.errors import ConfigError
 from dance.gaussian import draw_noise, gather_levels, gaussian_log_prob
 from dance.interfaces import Sampler, Schedule, StepOutput
 from dance_flow_samplers.schedule import flow_schedule
@@ -30,6 +31,29 @@ class FlowScheduleConfig:
         "sigma shift: s = shift*u / (1 + (shift-1)*u); above 1 keeps more steps at high noise",
         gt=0,
     )
+
+
+@dataclass
+class SDEWindowConfig(FlowScheduleConfig):
+    """Schedule fields plus the SDE window of the stochastic flow samplers."""
+
+    sde_window_start: int = option(
+        0, "first step of the SDE window (0-based); with sde_window_size > 0 only", ge=0
+    )
+    sde_window_size: int = option(
+        0,
+        "steps that draw noise, from sde_window_start on; every other step is a deterministic "
+        "Euler step with no log-probability and is not trained (MixGRPO / Flow-GRPO-Fast: 1 to 3 "
+        "early steps). 0 = every step is stochastic",
+        ge=0,
+    )
+
+    def check(self) -> None:
+        if self.sde_window_size and self.sde_window_start >= self.num_steps:
+            raise ConfigError(
+                f"sampler.sde_window_start={self.sde_window_start} is past the last step "
+                f"({self.num_steps - 1}); pick a start below sampler.num_steps"
+            )
 
 
 def sde_mean_std(
@@ -95,6 +119,12 @@ class FlowSampler(Sampler):
         s, s_next = gather_levels(levels, step_index, x.ndim)
         x0 = x - s * v
         mean, std = self.mean_std(x, v, x0, s, s_next, levels)
+        if self.stochastic:  # outside the SDE window: the Euler (ODE) step, std 0
+            window = self._in_window(step_index, schedule.num_steps).to(x.device)  # [B]
+            if not window.all():
+                mask = window.view((-1,) + (1,) * (x.ndim - 1))
+                mean = torch.where(mask, mean, x - (s - s_next) * v)
+                std = torch.where(mask, std, torch.zeros_like(std))
 
         if next_latents is not None:
             sample = next_latents.float()
@@ -108,6 +138,20 @@ class FlowSampler(Sampler):
         else:
             log_prob = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
         return StepOutput(next_latents=sample, log_prob=log_prob, mean=mean, std=std, x0=x0)
+
+    def _in_window(self, step_index: torch.Tensor, num_steps: int) -> torch.Tensor:
+        """Bool ``[B]``: whether each sample's step draws noise (see SDEWindowConfig)."""
+        size = getattr(self.config, "sde_window_size", 0)
+        if not size:
+            return torch.ones(step_index.shape[0], dtype=torch.bool)
+        start = self.config.sde_window_start
+        k = step_index.cpu()
+        return (k >= start) & (k < start + size)
+
+    def noisy_steps(self, schedule: Schedule) -> torch.Tensor:
+        if not self.stochastic:
+            return torch.zeros(schedule.num_steps, dtype=torch.bool)
+        return self._in_window(torch.arange(schedule.num_steps), schedule.num_steps)
 
 
 class RectifiedFlowSDE(FlowSampler):

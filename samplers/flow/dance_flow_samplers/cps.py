@@ -19,11 +19,11 @@ import torch
 
 from dance.config import option
 from dance.gaussian import log_prob_reduction_option
-from dance_flow_samplers.common import FlowSampler, FlowScheduleConfig
+from dance_flow_samplers.common import FlowSampler, SDEWindowConfig
 
 
 @dataclass
-class CPSConfig(FlowScheduleConfig):
+class CPSConfig(SDEWindowConfig):
     noise_level: float = option(
         0.7,
         "noise angle a: std = s_next * sin(a * pi / 2); 0 is DDIM-like, 1 all fresh noise",

@@ -14,11 +14,11 @@ import torch
 
 from dance.config import option
 from dance.gaussian import log_prob_reduction_option
-from dance_flow_samplers.common import FlowScheduleConfig, RectifiedFlowSDE
+from dance_flow_samplers.common import RectifiedFlowSDE, SDEWindowConfig
 
 
 @dataclass
-class DanceSDEConfig(FlowScheduleConfig):
+class DanceSDEConfig(SDEWindowConfig):
     eta: float = option(
         0.3, "constant noise scale g (DanceGRPO: FLUX 0.3, HunyuanVideo 0.25); 0 is Euler", ge=0
     )

@@ -15,11 +15,11 @@ import torch
 
 from dance.config import option
 from dance.gaussian import log_prob_reduction_option
-from dance_flow_samplers.common import FlowScheduleConfig, RectifiedFlowSDE
+from dance_flow_samplers.common import RectifiedFlowSDE, SDEWindowConfig
 
 
 @dataclass
-class FlowSDEConfig(FlowScheduleConfig):
+class FlowSDEConfig(SDEWindowConfig):
     noise_level: float = option(
         0.7, "noise scale a in g = a * sqrt(s / (1 - s)) (Flow-GRPO default 0.7); 0 is Euler", ge=0
     )
