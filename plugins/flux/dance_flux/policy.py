@@ -27,6 +27,7 @@ from dance.finetune import (
 )
 from dance.interfaces import Conditioning, Prompt, Runtime
 from dance.model_layout import transformers_dtype
+from dance.offload import FrozenOffload
 from dance_flux.layout import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ class FluxConfig:
     )
     gradient_checkpointing: bool = option(
         False, "Recompute transformer blocks in the backward pass to save activation memory."
+    )
+    offload_frozen: bool = option(
+        False,
+        "On CUDA, keep the CLIP and T5 encoders and the VAE in CPU memory and move each to the "
+        "GPU only while it runs (T5-XXL alone is 9.5 GB in bf16; prompts are cached, so it runs "
+        "only for new prompts).",
     )
     cache_prompts: bool = option(
         True, "Encode each distinct prompt once and reuse its embeddings (frozen encoders)."
@@ -131,6 +138,7 @@ class FluxPolicy(FinetunedPolicy):
             )
         validate(config, prefix="policy.")
         self.path = resolve_model(config.model)
+        self._offload = FrozenOffload(config.offload_frozen, runtime.device)
         self._load_components()
 
         self._prompt_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -143,10 +151,10 @@ class FluxPolicy(FinetunedPolicy):
         from transformers import CLIPTextModel, CLIPTokenizerFast, T5EncoderModel, T5TokenizerFast
 
         cfg, path = self.config, self.path
-        device, frozen = self.runtime.device, self.runtime.frozen_dtype
+        frozen = self.runtime.frozen_dtype
 
         def freeze(module: torch.nn.Module) -> Any:
-            return module.requires_grad_(False).eval().to(device)
+            return module.requires_grad_(False).eval().to(self._offload.home)
 
         self.tokenizer = CLIPTokenizerFast.from_pretrained(
             path / "tokenizer", local_files_only=True
@@ -235,15 +243,15 @@ class FluxPolicy(FinetunedPolicy):
         clip_ids = self.tokenizer(
             texts, padding="max_length", max_length=clip_len, truncation=True, return_tensors="pt"
         ).input_ids
-        pooled = self.text_encoder(clip_ids.to(device), output_hidden_states=False).pooler_output
-        pooled = pooled.to(self.text_encoder.dtype)
-
         t5_len = self.config.max_sequence_length
         t5_ids = self.tokenizer_2(
             texts, padding="max_length", max_length=t5_len, truncation=True, return_tensors="pt"
         ).input_ids
-        embeds = self.text_encoder_2(t5_ids.to(device), output_hidden_states=False)[0]
-        embeds = embeds.to(self.text_encoder_2.dtype)
+        with self._offload.on_device(self.text_encoder, self.text_encoder_2):
+            pooled = self.text_encoder(clip_ids.to(device), output_hidden_states=False)
+            pooled = pooled.pooler_output.to(self.text_encoder.dtype)
+            embeds = self.text_encoder_2(t5_ids.to(device), output_hidden_states=False)[0]
+            embeds = embeds.to(self.text_encoder_2.dtype)
         self._warn_truncated(texts, clip_len, t5_len)
         return embeds, pooled
 
@@ -326,5 +334,7 @@ class FluxPolicy(FinetunedPolicy):
         vae_config = self.vae.config
         x = unpack_latents(latents, self.latent_height, self.latent_width)
         x = x / vae_config.scaling_factor + (vae_config.shift_factor or 0.0)
-        image = self.vae.decode(x.to(self.runtime.device, self.vae.dtype), return_dict=False)[0]
+        with self._offload.on_device(self.vae):
+            image = self.vae.decode(x.to(self.runtime.device, self.vae.dtype), return_dict=False)
+        image = image[0]
         return (image.float() / 2 + 0.5).clamp(0, 1)

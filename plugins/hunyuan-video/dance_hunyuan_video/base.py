@@ -10,11 +10,10 @@ and trained LoRA weights load back into the pipeline with ``load_lora_weights``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from abc import abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from dance.finetune import (
 )
 from dance.interfaces import Conditioning, Prompt, Runtime
 from dance.model_layout import transformers_dtype
+from dance.offload import FrozenOffload
 from dance_hunyuan_video.layout import resolve_model, resolve_transformer, transformer_config
 from dance_hunyuan_video.prompting import DEFAULT_CROP_START, DEFAULT_TEMPLATE
 
@@ -181,7 +181,7 @@ class HunyuanFamilyPolicy(FinetunedPolicy):
         self._check_transformer_config(transformer_config(self.transformer_path))
         # Frozen parts live on the CPU between uses when offloading (CUDA only: on the CPU there
         # is nothing to gain).
-        self._offload = config.offload_frozen and runtime.device.type == "cuda"
+        self._offload = FrozenOffload(config.offload_frozen, runtime.device)
         self._load_components()
         self._text_cache: LRUCache = LRUCache(config.prompt_cache_size)
 
@@ -203,8 +203,8 @@ class HunyuanFamilyPolicy(FinetunedPolicy):
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizerFast, LlamaModel
 
         cfg, path = self.config, self.path
-        device, frozen = self.runtime.device, self.runtime.frozen_dtype
-        home = torch.device("cpu") if self._offload else device
+        frozen = self.runtime.frozen_dtype
+        home = self._offload.home
 
         def freeze(module: torch.nn.Module) -> Any:
             return module.requires_grad_(False).eval().to(home)
@@ -285,21 +285,6 @@ class HunyuanFamilyPolicy(FinetunedPolicy):
         self.latent_height = cfg.height // spatial
         self.latent_width = cfg.width // spatial
 
-    @contextlib.contextmanager
-    def _frozen_on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
-        """Run frozen ``modules`` on the device; with offloading, move them there for the block
-        and back to the CPU after it (their weights are the only state: nothing else to keep)."""
-        if not self._offload:
-            yield
-            return
-        for module in modules:
-            module.to(self.runtime.device)
-        try:
-            yield
-        finally:
-            for module in modules:
-                module.to("cpu")
-
     # --- prompt encoding -----------------------------------------------------------------------
 
     def _check_prompts(self, prompts: Sequence[Prompt]) -> None:
@@ -361,7 +346,7 @@ class HunyuanFamilyPolicy(FinetunedPolicy):
             truncation=True,
             return_tensors="pt",
         ).input_ids
-        with self._frozen_on_device(self.text_encoder, self.text_encoder_2):
+        with self._offload.on_device(self.text_encoder, self.text_encoder_2):
             mask = llama.attention_mask.to(device)
             hidden = self.text_encoder(
                 input_ids=llama.input_ids.to(device), attention_mask=mask, output_hidden_states=True
@@ -476,7 +461,7 @@ class HunyuanFamilyPolicy(FinetunedPolicy):
         [0, 1]. One video at a time, which bounds the decoder's activation memory."""
         vae = self.vae
         videos = []
-        with self._frozen_on_device(vae):
+        with self._offload.on_device(vae):
             for row in latents:
                 z = row[None].to(self.runtime.device, vae.dtype) / vae.config.scaling_factor
                 videos.append(vae.decode(z, return_dict=False)[0].float())

@@ -155,7 +155,7 @@ class SkyReelsI2VPolicy(HunyuanFamilyPolicy):
         Returns [C, 1, h, w] fp32."""
         vae, device = self.vae, self.runtime.device
         x = self.prepare_image(image).to(device, vae.dtype).unsqueeze(2)  # [1, 3, 1, H, W]
-        with self._frozen_on_device(vae):
+        with self._offload.on_device(vae):
             posterior = vae.encode(x).latent_dist
             if self.config.image_latent == "sample":
                 # A CPU generator: the same draw on every device (randn_tensor moves it over).

@@ -10,10 +10,9 @@ Guidance runs in rollouts and in training alike, as in DanceGRPO's and DDPO's SD
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ from dance.finetune import (
 )
 from dance.interfaces import Conditioning, Prompt, Runtime
 from dance.model_layout import transformers_dtype
+from dance.offload import FrozenOffload
 from dance_sd.layout import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -120,10 +120,7 @@ class SDPolicy(FinetunedPolicy):
             )
         validate(config, prefix="policy.")
         self.path = resolve_model(config.model)
-        # Offloading only means something when the weights would otherwise sit on an accelerator.
-        self._offload = config.offload_frozen and runtime.device.type != "cpu"
-        if config.offload_frozen and not self._offload:
-            logger.info("policy.offload_frozen has no effect on %s", runtime.device)
+        self._offload = FrozenOffload(config.offload_frozen, runtime.device)
         self._load_components()
 
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -139,8 +136,8 @@ class SDPolicy(FinetunedPolicy):
         from transformers import CLIPTextModel, CLIPTokenizer
 
         cfg, path = self.config, self.path
-        device, frozen = self.runtime.device, self.runtime.frozen_dtype
-        home = torch.device("cpu") if self._offload else device
+        frozen = self.runtime.frozen_dtype
+        home = self._offload.home
 
         def freeze(module: torch.nn.Module, where: torch.device) -> Any:
             return module.requires_grad_(False).eval().to(where)
@@ -175,21 +172,6 @@ class SDPolicy(FinetunedPolicy):
             cfg.height // factor,
             cfg.width // factor,
         )
-
-    @contextlib.contextmanager
-    def _on_device(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        """``module`` on the run's device for the duration of the block; with offload_frozen it
-        lives in CPU memory otherwise and its GPU copy is freed afterwards."""
-        if not self._offload:
-            yield module
-            return
-        module.to(self.runtime.device)
-        try:
-            yield module
-        finally:
-            module.to("cpu")
-            if self.runtime.device.type == "cuda":
-                torch.cuda.empty_cache()
 
     # --- Policy interface ----------------------------------------------------------------------
 
@@ -235,7 +217,8 @@ class SDPolicy(FinetunedPolicy):
             logger.warning(
                 "CLIP truncates prompts to %d tokens; the longest has %d", length, longest
             )
-        with self._on_device(self.text_encoder) as encoder:
+        encoder = self.text_encoder
+        with self._offload.on_device(encoder):
             # The pipeline passes the attention mask only when the encoder's config asks for it
             # (SD's does not: padding tokens are attended to, as in training).
             mask = None
@@ -289,7 +272,8 @@ class SDPolicy(FinetunedPolicy):
         scaling factor, decode, map [-1, 1] to [0, 1]; in chunks of decode_batch_size."""
         scale = self.vae.config.scaling_factor
         images = []
-        with self._on_device(self.vae) as vae:
+        vae = self.vae
+        with self._offload.on_device(vae):
             for chunk in latents.split(self.config.decode_batch_size):
                 x = chunk.to(self.runtime.device, vae.dtype) / scale
                 images.append(vae.decode(x, return_dict=False)[0].float())

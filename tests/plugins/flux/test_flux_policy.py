@@ -264,3 +264,33 @@ def test_cuda_keeps_frozen_parts_in_bf16(tiny_flux: Path) -> None:
     assert all(p.grad is not None for p in gpu.trainable_parameters())
     images = gpu.decode(gpu.initial_noise(1, torch.Generator().manual_seed(0)))
     assert images.dtype == torch.float32 and images.device.type == "cuda"
+
+
+def test_offload_frozen_is_a_no_op_on_cpu(make_policy) -> None:
+    policy = make_policy(offload_frozen=True)
+    assert not policy._offload.enabled
+    for module in (policy.text_encoder, policy.text_encoder_2, policy.vae):
+        assert next(module.parameters()).device.type == "cpu"
+    cond = policy.encode(prompts("a red circle"))
+    assert policy.decode(policy.initial_noise(1, torch.Generator().manual_seed(0))).shape[0] == 1
+    assert cond.batch_size() == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="offloading moves weights off a GPU")
+def test_offload_frozen_on_cuda_gives_the_same_outputs(tiny_flux: Path) -> None:
+    from dance.config import build
+    from dance.interfaces import Runtime
+    from dance_flux.policy import FluxConfig
+
+    values = {"model": str(tiny_flux), "height": 32, "width": 32, "max_sequence_length": 16}
+    runtime = Runtime.auto("cuda")
+    resident = FluxPolicy(build(FluxConfig, values), runtime)
+    offloaded = FluxPolicy(build(FluxConfig, {**values, "offload_frozen": True}), runtime)
+    assert next(offloaded.text_encoder_2.parameters()).device.type == "cpu"
+    assert next(offloaded.transformer.parameters()).device.type == "cuda"
+    latents = resident.initial_noise(1, torch.Generator().manual_seed(0))
+    for policy in (resident, offloaded):
+        cond = policy.encode(prompts("a red circle"))
+        assert cond["prompt_embeds"].device.type == "cuda"
+    torch.testing.assert_close(offloaded.decode(latents), resident.decode(latents))
+    assert next(offloaded.vae.parameters()).device.type == "cpu"

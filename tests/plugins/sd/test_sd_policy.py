@@ -153,7 +153,7 @@ def test_full_finetune_trains_the_whole_unet_in_fp32(make_policy):
 
 def test_offload_frozen_is_a_no_op_on_cpu(make_policy):
     policy = make_policy(offload_frozen=True)
-    assert not policy._offload
+    assert not policy._offload.enabled
     assert policy.vae.device.type == "cpu" and policy.text_encoder.device.type == "cpu"
     policy.decode(policy.initial_noise(1, torch.Generator().manual_seed(0)))
 
