@@ -5,7 +5,7 @@ loaded from them as the reference implementation."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,16 +20,6 @@ from dance_hunyuan_video import (
     SkyReelsI2VConfig,
     SkyReelsI2VPolicy,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """These tensors are tiny: on a shared 2-core machine a second intra-op thread spends more
-    time waiting for the other than computing (measured 8 ms vs 0.2-2 s per transformer call)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _build(tmp_path_factory: pytest.TempPathFactory, i2v: bool) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,19 +16,6 @@ from dance_sd.policy import SDConfig, SDPolicy
 # Small settings: a 32x32 image is a 4x16x16 latent (the tiny VAE's factor is 2).
 SIZE = 32
 RANK, ALPHA = 4, 8.0  # alpha != rank, so that a lost alpha would change the LoRA scale
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """Run the tiny UNet on one thread: its ops are so small that a second OpenMP thread only adds
-    synchronisation, which on a shared, oversubscribed 2-core machine made these tests 5-10x
-    slower. The previous thread count is restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

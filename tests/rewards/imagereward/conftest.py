@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session")
@@ -25,14 +24,3 @@ def tiny_imagereward(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_options(tiny_imagereward: Path) -> dict[str, str]:
     """Reward options pointing at the tiny files."""
     return {"model": str(tiny_imagereward), "tokenizer": str(tiny_imagereward / "tokenizer")}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run these tests' tensor ops on one thread. The tiny models' ops take microseconds, so
-    thread hand-offs dominate, and on shared cores they stall: a tiny score took 0.6 s on two
-    busy cores against 15 ms on one. The previous setting is restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
