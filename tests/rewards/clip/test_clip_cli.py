@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,26 @@ def test_dance_run_with_hps_and_clip_score(
     assert -1.0 <= metrics["reward/clip-score/mean"] <= 1.0
     config = (run_dir / "config.toml").read_text()
     assert "weight = 0.7" in config and "weight = 1.4" in config
+
+
+def test_dance_run_with_pickscore_and_aesthetic(
+    tiny_flux: Path, clip_files, tmp_path: Path, capsys
+) -> None:
+    """The two rewards beyond the paper, combined in one run with the flow_grpo combine mode."""
+    run_dir = tmp_path / "pick-aesthetic"
+    options = [
+        f"rewards.{name}.{key}={value}"
+        for name in ("pickscore", "laion-aesthetic")
+        for key, value in clip_files.options(name).items()
+    ]
+    _run(
+        _base_args(tiny_flux, run_dir)
+        + ["--reward", "pickscore", "--reward", "laion-aesthetic:0.5", *options]
+        + ["advantage.combine=rewards"],
+        capsys,
+    )
+    metrics = _metrics(run_dir)
+    for label in ("pickscore", "laion-aesthetic"):
+        assert math.isfinite(metrics[f"reward/{label}/mean"])
+        assert math.isfinite(metrics[f"reward/{label}/std"])
+    assert metrics["optimizer_steps"] == 1
