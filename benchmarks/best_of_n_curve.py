@@ -65,13 +65,16 @@ def main() -> None:
     prompts = [entry.text for entry in read_prompts(args.prompts)]
     ns = [n for n in (1, 2, 4, 8, 16, 32) if n <= args.candidates]
 
-    models = {"base model": None}
+    models: dict[str, tuple] = {"base model": (None, dict(POLICY))}
     if args.lora:
-        models["GRPO LoRA (demo run)"] = resolve_trained(args.lora)[0]
+        trained, run_config = resolve_trained(args.lora)
+        # the run's own LoRA settings (rank, alpha), so that its weights fit
+        options = {k: v for k, v in (run_config or {}).get("policy", {}).items() if k != "name"}
+        models["GRPO LoRA (demo run)"] = (trained, {**POLICY, **options})
     results: dict[str, dict] = {}
-    for label, trained in models.items():
+    for label, (trained, options) in models.items():
         start = time.perf_counter()
-        policy = registry.create("policy", "flux", dict(POLICY), runtime)
+        policy = registry.create("policy", "flux", options, runtime)
         if trained is not None:
             policy.load_trained(str(trained))
         table = measure(policy, sampler, reward, prompts, args.candidates, args.batch_size)
