@@ -12,41 +12,34 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))  # bench_grpo, next to this file
+
 
 def build_trainer(model: Path, args: argparse.Namespace, out: Path, k: int):
-    import dance
-    from dance.grpo import GRPOTrainer
-    from dance.recipe import resolve
-    from dance.registry import get_registry
+    """bench_grpo's trainer (same model settings), with N per group and k trained per group."""
+    from bench_grpo import build_trainer as grpo_trainer
 
-    raw = {
-        "policy": {
-            "name": "flux",
-            "model": str(model),
-            "height": args.size,
-            "width": args.size,
-            "max_sequence_length": 32,
-            "lora_rank": 8,
-            "lora_alpha": 16.0,
-        },
-        "sampler": {"name": "flow-sde", "num_steps": args.steps},
-        "rewards": [{"name": "jpeg-compressibility"}],
-        "trainer": {
-            "prompts_per_iteration": args.prompts,
-            "group_size": args.group,
-            "train_per_group": 0 if k == args.group else k,
-            "share_initial_noise": False,
-            "rollout_batch_size": args.group,
-            "micro_batch_size": args.micro_batch,
-            "sample_every": 0,
-        },
-    }
-    return GRPOTrainer(resolve(raw, get_registry()), out, dance.Runtime.auto(args.device))
+    layout = argparse.Namespace(
+        size=args.size,
+        steps=args.steps,
+        batch=args.prompts * args.group,
+        group=args.group,
+        device=args.device,
+    )
+    return grpo_trainer(
+        model,
+        layout,
+        out,
+        train_per_group=0 if k == args.group else k,
+        share_initial_noise=False,
+        micro_batch_size=args.micro_batch,
+    )
 
 
 def main() -> None:
