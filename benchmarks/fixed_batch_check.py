@@ -6,10 +6,13 @@
 One prompt is re-rolled every iteration from the same initial noise and the same SDE noise, so
 the batch cannot change except through the weights. The same number of iterations runs three
 times from the base model, with the real advantages, with their sign flipped, and with random
-advantages (pure drift). A reward that is being learned rises clearly more with the real
-advantages than with the other two; a reward that only follows the LoRA's random walk moves the
-same way in all three. Defaults: the bundled demo recipe, one held-out prompt, 16 samples with
-unshared initial noise, no KL. Extra ``section.field=value`` arguments override the recipe.
+advantages (pure drift). The real and negated runs must differ (the update follows the sign of the
+advantages) and the random run shows the drift of noisy updates. With the noise held fixed, the
+score-function update pushes each re-rolled sample further along the noise it already drew: a
+reward that keeps rising that way is learned, one peaked near the good samples may overshoot. So
+the check tests direction and drift, not whether a reward can be learned in expectation.
+Defaults: the bundled demo recipe, one held-out prompt, 16 samples with unshared initial noise,
+no KL. Extra ``section.field=value`` arguments override the recipe.
 """
 
 from __future__ import annotations
