@@ -119,12 +119,11 @@ class FlowSampler(Sampler):
         s, s_next = gather_levels(levels, step_index, x.ndim)
         x0 = x - s * v
         mean, std = self.mean_std(x, v, x0, s, s_next, levels)
-        if self.stochastic:  # outside the SDE window: the Euler (ODE) step, std 0
-            window = self._in_window(step_index, schedule.num_steps).to(x.device)  # [B]
-            if not window.all():
-                mask = window.view((-1,) + (1,) * (x.ndim - 1))
-                mean = torch.where(mask, mean, x - (s - s_next) * v)
-                std = torch.where(mask, std, torch.zeros_like(std))
+        window = self._in_window(step_index.to(x.device)) if self.stochastic else None  # [B]
+        if window is not None:  # outside the SDE window: the Euler (ODE) step, std 0
+            mask = window.view((-1,) + (1,) * (x.ndim - 1))
+            mean = torch.where(mask, mean, x - (s - s_next) * v)
+            std = torch.where(mask, std, torch.zeros_like(std))
 
         if next_latents is not None:
             sample = next_latents.float()
@@ -139,19 +138,20 @@ class FlowSampler(Sampler):
             log_prob = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
         return StepOutput(next_latents=sample, log_prob=log_prob, mean=mean, std=std, x0=x0)
 
-    def _in_window(self, step_index: torch.Tensor, num_steps: int) -> torch.Tensor:
-        """Bool ``[B]``: whether each sample's step draws noise (see SDEWindowConfig)."""
+    def _in_window(self, step_index: torch.Tensor) -> torch.Tensor | None:
+        """Bool ``[B]`` on ``step_index``'s device: whether each sample's step draws noise (see
+        SDEWindowConfig); None when every step does, so the default path adds no work."""
         size = getattr(self.config, "sde_window_size", 0)
         if not size:
-            return torch.ones(step_index.shape[0], dtype=torch.bool)
+            return None
         start = self.config.sde_window_start
-        k = step_index.cpu()
-        return (k >= start) & (k < start + size)
+        return (step_index >= start) & (step_index < start + size)
 
     def noisy_steps(self, schedule: Schedule) -> torch.Tensor:
         if not self.stochastic:
             return torch.zeros(schedule.num_steps, dtype=torch.bool)
-        return self._in_window(torch.arange(schedule.num_steps), schedule.num_steps)
+        window = self._in_window(torch.arange(schedule.num_steps))
+        return torch.ones(schedule.num_steps, dtype=torch.bool) if window is None else window
 
 
 class RectifiedFlowSDE(FlowSampler):
