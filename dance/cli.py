@@ -127,6 +127,12 @@ def _print_summary(summary: dict[str, Any], output_dir: Path) -> None:
         for key in ("reward_mean", "success_rate"):
             if key in before and key in after:
                 typer.echo(f"  {key:<13} {before[key]:.3f} -> {after[key]:.3f}")
+        change = summary.get("eval_change", {}).get("reward")
+        if change:
+            typer.echo(
+                f"  reward better on {change['images_better']} images, worse on "
+                f"{change['images_worse']} (sign test p = {change['sign_test_p']:.2g})"
+            )
     files = summary.get("files", {})
     typer.echo("files: " + ", ".join(str(output_dir / name) for name in files.values()))
 

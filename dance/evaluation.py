@@ -66,16 +66,23 @@ class Evaluator:
         self.prompts = [p for p in held_out for _ in range(config.seeds)]
         self.seeds = [s for _ in held_out for s in range(config.seeds)]
 
-    def __call__(self, policy: Policy) -> tuple[dict[str, float], torch.Tensor]:
+    def __call__(self, policy: Policy) -> tuple[dict[str, Any], torch.Tensor]:
+        """The figures and the images ``[n, C, (F,) H, W]``. The figures hold the means and, under
+        ``per_image``, each image's reward (and success) in prompt-then-seed order, so two stages
+        can be compared image by image (:mod:`dance.paired`)."""
         media = generate(
             policy, self.sampler, self.prompts, self.seeds, batch_size=self.config.batch_size
         )
         with torch.no_grad():
             scores = self.reward.score(media, self.prompts)
         main = scores[self.reward.components[0]].float()
-        result = {"reward_mean": main.mean().item(), "images": len(self.prompts)}
+        result: dict[str, Any] = {"reward_mean": main.mean().item(), "images": len(self.prompts)}
+        per_image = {"reward": main.tolist()}
         if self.config.success:
-            result["success_rate"] = scores[self.config.success].float().mean().item()
+            success = scores[self.config.success].float()
+            result["success_rate"] = success.mean().item()
+            per_image["success"] = success.tolist()
         for name, values in scores.items():
             result[f"{self.reward.name}.{name}"] = values.float().mean().item()
+        result["per_image"] = per_image
         return result, media

@@ -41,6 +41,7 @@ from dance.errors import ConfigError, RewardError, UsageError
 from dance.evaluation import Evaluator
 from dance.generate import denoise, noise_from_seeds
 from dance.interfaces import Conditioning, Prompt, Reward, Runtime, StepOutput
+from dance.paired import paired_change
 from dance.plots import before_after_grid, line_chart
 from dance.recipe import Recipe, RewardSpec, dumps_toml
 from dance.registry import Registry, get_registry
@@ -539,7 +540,7 @@ class GRPOTrainer:
             summary.update(self.write_report())
         return summary
 
-    def evaluate(self, stage: str) -> dict[str, float] | None:
+    def evaluate(self, stage: str) -> dict[str, Any] | None:
         """Score the evaluation set with the current weights; kept under ``eval/``."""
         assert self.evaluator is not None
         result = None
@@ -573,8 +574,18 @@ class GRPOTrainer:
         report: dict[str, Any] = {"iterations": self.iteration_done, "files": files}
         folder = out / "eval"
         if (folder / "before.json").is_file() and (folder / "after.json").is_file():
-            report["eval_before"] = json.loads((folder / "before.json").read_text())
-            report["eval_after"] = json.loads((folder / "after.json").read_text())
+            before_figures = json.loads((folder / "before.json").read_text())
+            after_figures = json.loads((folder / "after.json").read_text())
+            before_images = before_figures.pop("per_image", None)
+            after_images = after_figures.pop("per_image", None)
+            report["eval_before"], report["eval_after"] = before_figures, after_figures
+            if before_images and after_images:
+                # Same prompts and seeds in both stages: compare image by image.
+                report["eval_change"] = {
+                    key: paired_change(before_images[key], after_images[key])
+                    for key in before_images
+                    if key in after_images
+                }
             before = torch.load(folder / "before.pt", weights_only=True).float() / 255
             after = torch.load(folder / "after.pt", weights_only=True).float() / 255
             before_after_grid(before, after, out / "eval_grid.png")

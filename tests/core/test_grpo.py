@@ -262,6 +262,20 @@ def test_evaluation_before_and_after_with_report(registry, tmp_path):
     for name in ("eval_grid.png", "reward_curve.png", "summary.json"):
         assert (tmp_path / name).is_file()
     assert report["files"]["eval_grid"] == "eval_grid.png"
+    # Image-by-image comparison of the two stages, from the per-image scores under eval/.
+    per_image = {
+        stage: json.loads((tmp_path / "eval" / f"{stage}.json").read_text())["per_image"]
+        for stage in ("before", "after")
+    }
+    change = report["eval_change"]["reward"]
+    before, after = per_image["before"]["reward"], per_image["after"]["reward"]
+    diffs = [a - b for b, a in zip(before, after, strict=True)]
+    assert change["images_better"] == sum(d > 1e-6 for d in diffs)
+    assert change["images_worse"] == sum(d < -1e-6 for d in diffs)
+    assert change["mean_change"] == pytest.approx(
+        report["eval_after"]["reward_mean"] - report["eval_before"]["reward_mean"], abs=1e-6
+    )
+    assert "per_image" not in report["eval_before"]
 
 
 def test_best_of_n_trains_only_the_extremes(registry, tmp_path):
