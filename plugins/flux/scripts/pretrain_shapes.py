@@ -8,8 +8,10 @@ the tiny tokenizers of `dance.testing.tiny_tokenizers`, an AutoencoderKL trained
 scenes, and a FluxTransformer2DModel trained by flow matching (Lipman et al. 2023; Esser et al.
 2024's rectified flow: x_s = (1 - s) x0 + s eps, target velocity eps - x0, which is what FLUX
 predicts) on scenes of coloured shapes described by prompts ("two blue squares on the left"),
-rendered procedurally by `dance_shapes.scenes`. It is trained to be good but not perfect, so GRPO
-has something to improve.
+rendered procedurally by `dance_shapes.scenes`. It is good but not perfect, so GRPO has something
+to improve: 40% of its training captions name a wrong colour (``--caption-noise``), the way web
+alt-text misdescribes images, so it draws the shapes, counts and positions asked for but follows
+colour words only about 60% of the time.
 """
 
 from __future__ import annotations
@@ -66,16 +68,30 @@ def build_modules(seed: int):  # noqa: ANN201
     return tokenizer, tokenizer_2, text_encoder, text_encoder_2, vae, transformer
 
 
-def render_dataset(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """``count`` random scenes: images ``[n, 3, H, W]`` in [-1, 1] and their prompts."""
-    from dance_shapes.scenes import random_spec, render_tensor
+def render_dataset(
+    count: int, seed: int, caption_noise: float = 0.0
+) -> tuple[torch.Tensor, list[str]]:
+    """``count`` random scenes: images ``[n, 3, H, W]`` in [-1, 1] and their captions.
+
+    With probability ``caption_noise`` a caption names another colour (drawn uniformly) than the
+    one drawn, as web alt-text often misdescribes its image: the model then follows colour words
+    only part of the time, which is the flaw GRPO against the `shapes` reward has to fix.
+    """
+    from dance_shapes.scenes import COLORS, SceneSpec, random_spec, render_tensor
 
     rng = random.Random(seed)
     specs = [random_spec(rng) for _ in range(count)]
     images = torch.stack(
         [render_tensor(s, SIZE, seed * 1_000_003 + i) for i, s in enumerate(specs)]
     )
-    return images * 2 - 1, [s.prompt for s in specs]
+    noise_rng = random.Random(f"caption-noise|{seed}")
+    captions = []
+    for spec in specs:
+        if noise_rng.random() < caption_noise:
+            wrong = noise_rng.choice([c for c in COLORS if c != spec.color])
+            spec = SceneSpec(spec.count, wrong, spec.shape, spec.position)
+        captions.append(spec.prompt)
+    return images * 2 - 1, captions
 
 
 def schedule_lr(step: int, total: int, warmup: int) -> float:
@@ -207,9 +223,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=16000)
     parser.add_argument("--vae-steps", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=5500)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--eval-seeds", type=int, default=2)
+    parser.add_argument(
+        "--caption-noise",
+        type=float,
+        default=0.4,
+        help="fraction of training captions that name a wrong colour (the flaw GRPO fixes)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     start = time.perf_counter()
@@ -219,7 +241,7 @@ def main() -> None:
     tokenizer, tokenizer_2, text_encoder, text_encoder_2, vae, transformer = build_modules(
         args.seed
     )
-    images, prompts = render_dataset(args.images, args.seed)
+    images, prompts = render_dataset(args.images, args.seed, args.caption_noise)
     print(f"rendered {len(images)} scenes in {time.perf_counter() - start:.0f}s")
 
     train_vae(vae, images, args.vae_steps, 32, args.seed + 1)
