@@ -31,11 +31,13 @@ def paired_change(
     """How ``after`` differs from ``before``, pair by pair (same image index).
 
     Returns the mean change, the number of images better, worse and unchanged (within
-    ``tolerance``) and the sign test's two-sided p-value.
+    ``tolerance``) and the sign test's two-sided p-value. A pair with a NaN score (an image the
+    reward could not score) is left out of all of them and counted in ``images_unscored``.
     """
     if len(before) != len(after):
         raise ValueError(f"got {len(before)} scores before and {len(after)} after")
-    diffs = [a - b for b, a in zip(before, after, strict=True)]
+    pairs = list(zip(before, after, strict=True))
+    diffs = [a - b for b, a in pairs if not (math.isnan(a) or math.isnan(b))]
     better = sum(d > tolerance for d in diffs)
     worse = sum(d < -tolerance for d in diffs)
     return {
@@ -43,5 +45,6 @@ def paired_change(
         "images_better": better,
         "images_worse": worse,
         "images_unchanged": len(diffs) - better - worse,
+        "images_unscored": len(pairs) - len(diffs),
         "sign_test_p": sign_test_p(better, worse),
     }

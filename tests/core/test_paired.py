@@ -36,3 +36,10 @@ def test_paired_change_counts_better_worse_and_ties():
 def test_paired_change_refuses_unpaired_lists():
     with pytest.raises(ValueError, match="3 scores before and 2 after"):
         paired_change([0.0, 1.0, 1.0], [1.0, 1.0])
+
+
+def test_pairs_with_an_unscored_image_are_left_out():
+    out = paired_change([0.0, float("nan"), 0.5], [1.0, 1.0, float("nan")])
+    assert out["images_unscored"] == 2
+    assert out["images_better"] == 1 and out["images_worse"] == 0
+    assert out["mean_change"] == 1.0
