@@ -1,14 +1,30 @@
 """Process-group helpers: the same code runs under torchrun and as a single process.
 
-NCCL on GPU, gloo on CPU. Rewards and group ids are gathered across ranks so a group may span ranks.
+NCCL on GPU, gloo on CPU. Every helper is a no-op (or the identity) for one process, and a
+collective otherwise: every rank must call it at the same point, in the same order.
+
+Two rules keep a job of several processes from hanging:
+
+- a decision that ranks share (run the "before" evaluation, stop after a signal) is taken once,
+  on rank 0 or by a reduction over all ranks, and every rank follows it (:func:`broadcast_object`,
+  :func:`any_rank`);
+- code that can fail on one rank only (a reward model, a user's plugin) runs inside
+  :func:`fail_together`, which raises the failure on every rank instead of leaving the others
+  waiting in their next collective until the timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
+
+from dance.errors import RewardError, RunError, UsageError
 
 
 def is_distributed() -> bool:
@@ -33,31 +49,76 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def init_from_env() -> None:
-    """Join the process group torchrun describes in the environment; no-op for one process."""
+def init_from_env(timeout_s: float | None = None) -> None:
+    """Join the process group torchrun describes in the environment; no-op for one process.
+
+    ``timeout_s`` bounds every collective, including the wait for ranks that start late (the
+    trainer's ``distributed_timeout``); None keeps PyTorch's default.
+    """
     if is_distributed() or int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
-    torch_dist.init_process_group(backend=backend)
+    timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
+    torch_dist.init_process_group(backend=backend, timeout=timeout)
+
+
+def shutdown() -> None:
+    """Leave the process group (a local operation, safe after an error on another rank)."""
+    if is_distributed():
+        torch_dist.destroy_process_group()
+
+
+def _collective_device() -> torch.device:
+    """Where collective tensors live: the GPU for NCCL, the CPU for gloo."""
+    if torch_dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor [n, ...]`` of every rank along dim 0, in rank order (equal n)."""
+    """Concatenate ``tensor [n, ...]`` of every rank along dim 0, in rank order (equal n).
+
+    The result is on ``tensor``'s device; it travels on the backend's device.
+    """
     if not is_distributed():
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(world_size())]
-    torch_dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
+    moved = tensor.contiguous().to(_collective_device())
+    parts = [torch.empty_like(moved) for _ in range(world_size())]
+    torch_dist.all_gather(parts, moved)
+    return torch.cat(parts).to(tensor.device)
 
 
-def all_reduce_mean(value: float, device: torch.device) -> float:
+def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``tensor`` reduced element-wise over ranks ('sum', 'min' or 'max'); a new tensor on the
+    input's device."""
     if not is_distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    torch_dist.all_reduce(t)
-    return t.item() / world_size()
+        return tensor.clone()
+    ops = {
+        "sum": torch_dist.ReduceOp.SUM,
+        "min": torch_dist.ReduceOp.MIN,
+        "max": torch_dist.ReduceOp.MAX,
+    }
+    moved = tensor.detach().to(_collective_device()).clone()
+    torch_dist.all_reduce(moved, op=ops[op])
+    return moved.to(tensor.device)
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on at least one."""
+    if not is_distributed():
+        return flag
+    return bool(all_reduce(torch.tensor([float(flag)]), "max").item())
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` (picklable) on every rank: for decisions taken once."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def barrier() -> None:
@@ -67,3 +128,45 @@ def barrier() -> None:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+# Errors re-raised with their own class on the ranks that did not fail; anything else becomes a
+# RunError there (the failing rank keeps its original exception and traceback).
+_SHARED_ERRORS: dict[str, type[Exception]] = {
+    cls.__name__: cls for cls in (RewardError, RunError, UsageError)
+}
+
+
+@contextlib.contextmanager
+def fail_together(what: str) -> Iterator[None]:
+    """Run the block on every rank; if it raises on any rank, raise on every rank.
+
+    A collective at the end of the block: every rank reports success or its error
+    (``all_gather_object``). The failing rank re-raises its own exception; the others raise
+    the same class (RewardError, RunError, UsageError; RunError for any other exception) with
+    the failing rank's message, so the whole job stops at once with that message instead of the
+    others waiting in their next collective until ``distributed_timeout``. ``what`` names the
+    phase in the message (e.g. "reward scoring").
+    """
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as exc:  # reported to every rank below, then raised again
+        error = exc
+    if not is_distributed():
+        if error is not None:
+            raise error
+        return
+    report = None
+    if error is not None:  # the nearest shared class: a ConfigError travels as a UsageError
+        shared = next((c.__name__ for c in type(error).__mro__ if c in _SHARED_ERRORS.values()), "")
+        report = (shared, f"{type(error).__name__}: {error}" if not shared else str(error))
+    reports: list[tuple[str, str] | None] = [None] * world_size()
+    torch_dist.all_gather_object(reports, report)
+    if error is not None:
+        raise error
+    for failed_rank, failure in enumerate(reports):
+        if failure is not None:
+            name, message = failure
+            cls = _SHARED_ERRORS.get(name, RunError)
+            raise cls(f"rank {failed_rank} failed during {what}: {message}")

@@ -1,7 +1,8 @@
 """Errors that carry a message meant for the user.
 
-The CLI turns a :class:`UsageError` into one line on stderr and exit code 2; anything else is a bug
-and keeps its traceback.
+The CLI turns a :class:`UsageError` into one line on stderr and exit code 2, a :class:`RunError`
+(including :class:`RewardError`) into one line and exit code 1; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ class ModelLayoutError(UsageError):
     """A model directory that is missing or not in the layout a policy expects."""
 
 
-class RewardError(RuntimeError):
+class RunError(RuntimeError):
+    """A fault during a run that the user cannot fix by editing the command (a non-finite loss or
+    weights, another rank's failure): one line naming the cause, exit code 1."""
+
+
+class RewardError(RunError):
     """A reward raised or returned a non-finite value while scoring a rollout."""
 
 
