@@ -9,7 +9,8 @@ Inference: draw ``N`` candidates per prompt and keep the one a reward likes best
 (``dance sample --best-of N``).
 
 The selection runs on the gathered advantages ``[P*G]``, which every rank holds identically, so
-every rank computes the same choice without communicating even when a group spans ranks.
+every rank computes the same choice without communicating even when a group spans ranks; each
+rank then trains the chosen samples it holds (:mod:`dance.layout`).
 """
 
 from __future__ import annotations
@@ -53,34 +54,6 @@ def select_extremes(advantages: torch.Tensor, group_ids: torch.Tensor, k: int) -
         mask[order[: k // 2]] = True  # lowest
         mask[order[-(k // 2) :]] = True  # highest
     return mask
-
-
-def rows_to_train(
-    selected: torch.Tensor, local_samples: int, rank: int, world_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's rows to update on, padded so that every rank trains the same number of rows.
-
-    ``selected [P*G]`` is the global mask of :func:`select_extremes`; rank ``r`` holds global
-    samples ``r * local_samples ... (r + 1) * local_samples - 1``. Every rank must run the same
-    number of micro-batches (each optimizer step all-reduces gradients), so ranks holding fewer
-    selected samples repeat one of their rows with zero weight. Returns local row indices
-    ``[m]`` and a mask ``[m]`` that is False on padding rows, where ``m`` is the largest count
-    of selected samples on any rank (at least 1).
-    """
-    if selected.shape[0] != local_samples * world_size:
-        raise ValueError(
-            f"selected has {selected.shape[0]} samples, expected {local_samples} x {world_size}"
-        )
-    per_rank = selected.reshape(world_size, local_samples)  # [R, n]
-    width = max(1, int(per_rank.sum(dim=1).max()))
-    rows = torch.nonzero(per_rank[rank]).squeeze(1)  # [m_r]
-    real = torch.ones(rows.shape[0], dtype=torch.bool)
-    padding = width - rows.shape[0]
-    if padding:
-        filler = rows[:1] if rows.numel() else torch.zeros(1, dtype=torch.long)
-        rows = torch.cat([rows, filler.repeat(padding)])
-        real = torch.cat([real, torch.zeros(padding, dtype=torch.bool)])
-    return rows, real
 
 
 def pick_best(scores: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:

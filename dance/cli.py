@@ -1,7 +1,9 @@
 """The `dance` command: run GRPO, sample from a trained policy, list plugins.
 
 A user mistake (an unknown name, a missing file, an out-of-range value) is printed as one line and
-exits with code 2; a reward failure during a run exits with code 1 after saying which reward failed.
+exits with code 2; a failure during a run (a reward that fails, training that diverges, another
+process's error) exits with code 1 after one line saying what failed. A run stopped by Ctrl-C or
+SIGTERM finishes its iteration, checkpoints and exits with 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dance.errors import RewardError, UsageError
+from dance.errors import RunError, UsageError
 
 # Recent typer releases vendor click, older ones use click itself: reach the class through typer.
 _ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -102,22 +104,24 @@ def run(
         recipe = DEFAULT_RECIPE  # `dance run` alone: the bundled demo
     raw = _raw_recipe(recipe, policy, model, sampler, reward, overrides)
     resolved = resolve(raw, registry)
-    _init_distributed()
+    _init_distributed(resolved.trainer.distributed_timeout)
+    import dance.distributed as dist
     from dance.interfaces import Runtime
 
     trainer = GRPOTrainer(
         resolved, output_dir, runtime=Runtime.auto(device), registry=registry, progress=progress
     )
     summary = trainer.run(resume=resume)
-    import dance.distributed as dist
-
-    if not dist.is_main():
-        return
-    _print_summary(summary, output_dir)
+    if dist.is_main():
+        _print_summary(summary, output_dir)
+    dist.shutdown()
+    if trainer.stopped_by:  # stopped by a signal, after its checkpoint: not a finished run
+        raise typer.Exit(128 + trainer.stopped_by)
 
 
 def _print_summary(summary: dict[str, Any], output_dir: Path) -> None:
-    what = "stopped by Ctrl-C" if summary["interrupted"] else "finished"
+    stopped_by = {"SIGINT": "Ctrl-C"}.get(summary.get("stopped_by"), summary.get("stopped_by"))
+    what = f"stopped by {stopped_by}" if summary["interrupted"] else "finished"
     typer.echo(
         f"{what} after {summary['iterations']} iterations; checkpoint: {summary['checkpoint']}"
     )
@@ -146,10 +150,10 @@ def _quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def _init_distributed() -> None:
+def _init_distributed(timeout_s: float) -> None:
     import dance.distributed as dist
 
-    dist.init_from_env()
+    dist.init_from_env(timeout_s)
 
 
 @app.command()
@@ -359,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except RewardError as exc:
+    except RunError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

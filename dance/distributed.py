@@ -90,6 +90,27 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).to(tensor.device)
 
 
+def gather_to_main(tensor: torch.Tensor) -> torch.Tensor | None:
+    """Every rank's ``tensor [n, ...]`` (equal n) in rank order on rank 0, on the CPU; None on
+    the other ranks. Gathered one row at a time, so that large media (videos) never occupy
+    more than ``world_size`` rows of device memory at once."""
+    if not is_distributed():
+        return tensor.cpu()
+    device = _collective_device()
+    per_row = []
+    for i in range(tensor.shape[0]):
+        row = tensor[i : i + 1].contiguous().to(device)
+        parts = [torch.empty_like(row) for _ in range(world_size())]
+        torch_dist.all_gather(parts, row)
+        per_row.append([p.cpu() for p in parts] if is_main() else None)
+    if not is_main():
+        return None
+    if not per_row:
+        return tensor.cpu()
+    by_rank = [torch.cat([row[r] for row in per_row]) for r in range(world_size())]
+    return torch.cat(by_rank)
+
+
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """``tensor`` reduced element-wise over ranks ('sum', 'min' or 'max'); a new tensor on the
     input's device."""

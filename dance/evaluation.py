@@ -13,10 +13,12 @@ from typing import Any
 
 import torch
 
+import dance.distributed as dist
 from dance.config import option
 from dance.data import load_prompts
 from dance.generate import generate
 from dance.interfaces import Policy, Reward, Runtime
+from dance.layout import SampleLayout
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Evaluator:
 
         self.config = config
         self.reward = reward
+        self.runtime = runtime
         name, defaults = config.sampler, {}
         if not name:
             name, defaults = DETERMINISTIC_SAMPLER[prediction_type]
@@ -66,23 +69,45 @@ class Evaluator:
         self.prompts = [p for p in held_out for _ in range(config.seeds)]
         self.seeds = [s for _ in held_out for s in range(config.seeds)]
 
-    def __call__(self, policy: Policy) -> tuple[dict[str, Any], torch.Tensor]:
+    def __call__(self, policy: Policy) -> tuple[dict[str, Any], torch.Tensor | None]:
         """The figures and the images ``[n, C, (F,) H, W]``. The figures hold the means and, under
         ``per_image``, each image's reward (and success) in prompt-then-seed order, so two stages
-        can be compared image by image (:mod:`dance.paired`)."""
+        can be compared image by image (:mod:`dance.paired`).
+
+        Under several processes every rank generates and scores its share of the set (a
+        collective: call it on every rank); every rank gets the figures, rank 0 alone the images
+        (None elsewhere). Each image comes from its own seed, so the images and figures do not
+        depend on the number of processes.
+        """
+        layout = SampleLayout(len(self.prompts), self.runtime.world_size, self.runtime.rank)
+        # This rank's share, padded with copies of the last image so that every rank runs the
+        # same number of forward passes (a sharded network gathers its weights in each).
+        index = layout.global_index.clamp(max=len(self.prompts) - 1).tolist()
         media = generate(
-            policy, self.sampler, self.prompts, self.seeds, batch_size=self.config.batch_size
+            policy,
+            self.sampler,
+            [self.prompts[i] for i in index],
+            [self.seeds[i] for i in index],
+            batch_size=self.config.batch_size,
         )
-        with torch.no_grad():
-            scores = self.reward.score(media, self.prompts)
-        main = scores[self.reward.components[0]].float()
+        real = layout.real_count
+        scores = {name: torch.empty(0) for name in self.reward.components}  # no image here
+        with dist.fail_together("evaluation scoring"), torch.no_grad():
+            if real:
+                scores = self.reward.score(media[:real], self.prompts[index[0] : index[0] + real])
+        every = {  # component -> [n] of every image, in order
+            name: layout.gather(layout.pad(scores[name].detach().float().cpu()))
+            for name in self.reward.components
+        }
+        main = every[self.reward.components[0]]
         result: dict[str, Any] = {"reward_mean": main.mean().item(), "images": len(self.prompts)}
         per_image = {"reward": main.tolist()}
         if self.config.success:
-            success = scores[self.config.success].float()
+            success = every[self.config.success]
             result["success_rate"] = success.mean().item()
             per_image["success"] = success.tolist()
-        for name, values in scores.items():
-            result[f"{self.reward.name}.{name}"] = values.float().mean().item()
+        for name, values in every.items():
+            result[f"{self.reward.name}.{name}"] = values.mean().item()
         result["per_image"] = per_image
-        return result, media
+        gathered = dist.gather_to_main(media)  # [R * n, ...] on rank 0
+        return result, None if gathered is None else gathered[: len(self.prompts)]

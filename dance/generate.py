@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dance.errors import UsageError
+from dance.gaussian import draw_noise
 from dance.interfaces import Conditioning, Policy, Prompt, Sampler, Schedule, StepOutput
 from dance.video_io import DEFAULT_FPS, write_mp4
 
@@ -35,24 +36,50 @@ def denoise(
     schedule: Schedule,
     x: torch.Tensor,
     cond: Conditioning,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     deterministic: bool = False,
 ) -> Iterator[StepOutput]:
-    """The sampling loop: yield every step's output, starting from latents ``x [b, *L]``."""
+    """The sampling loop: yield every step's output, starting from latents ``x [b, *L]``.
+
+    ``generator`` is one generator for the batch (the sampler draws from it), or one per sample
+    (``b`` of them): then sample ``i``'s noise at every step comes from generator ``i`` alone,
+    so it does not depend on the batch, nor on the rank, the sample is drawn in.
+    """
     b = x.shape[0]
+    per_sample = generator is not None and not isinstance(generator, torch.Generator)
+    if per_sample and len(generator) != b:  # type: ignore[arg-type]
+        raise ValueError(f"{len(generator)} generators for {b} samples")  # type: ignore[arg-type]
     for k in range(schedule.num_steps):
         t = schedule.timesteps[k].expand(b)  # [b]
         k_idx = torch.full((b,), k, dtype=torch.long, device=x.device)
-        out = sampler.step(
-            policy.predict(x, t, cond),
-            x,
-            k_idx,
-            schedule,
-            generator=generator,
-            deterministic=deterministic,
-        )
+        v = policy.predict(x, t, cond)
+        if per_sample and sampler.stochastic and not deterministic:
+            out = step_per_sample(sampler, v, x, k_idx, schedule, generator)  # type: ignore[arg-type]
+        else:
+            shared = None if per_sample else generator
+            out = sampler.step(v, x, k_idx, schedule, generator=shared, deterministic=deterministic)
         x = out.next_latents
         yield out
+
+
+def step_per_sample(
+    sampler: Sampler,
+    model_output: torch.Tensor,
+    latents: torch.Tensor,
+    step_index: torch.Tensor,
+    schedule: Schedule,
+    generators: Sequence[torch.Generator],
+) -> StepOutput:
+    """A stochastic step ``x_next = mean + std * z`` whose noise ``z`` of sample ``i`` comes
+    from ``generators[i]``, through the sampler contract alone: the deterministic step gives the
+    Gaussian's mean and std, and the step given ``next_latents`` its log-probability. The same
+    arithmetic as the sampler's own draw, so the log-probability is the sampler's."""
+    gaussian = sampler.step(model_output, latents, step_index, schedule, deterministic=True)
+    noise = torch.cat(
+        [draw_noise(latents[i : i + 1], g) for i, g in enumerate(generators)]
+    )  # [b, *L] fp32
+    sample = gaussian.mean + gaussian.std * noise
+    return sampler.step(model_output, latents, step_index, schedule, next_latents=sample)
 
 
 @torch.no_grad()
@@ -66,8 +93,9 @@ def generate(
 ) -> torch.Tensor:
     """Pixels ``[n, C, H, W]`` (or ``[n, C, F, H, W]``) in [0, 1], one per (prompt, seed).
 
-    Each sample's initial noise comes from its own seed, so an image does not depend on the batch
-    it was drawn in. ``deterministic`` defaults to True for deterministic samplers.
+    Each sample's initial noise, and a stochastic sampler's noise at every step, come from
+    generators seeded by its own seed, so an image does not depend on the batch (or the rank) it
+    was drawn in. ``deterministic`` defaults to True for deterministic samplers.
     """
     if deterministic is None:
         deterministic = not sampler.stochastic
@@ -80,8 +108,8 @@ def generate(
         batch_seeds = seeds[start : start + batch_size]
         cond = policy.encode(batch_prompts)
         x = noise_from_seeds(policy, batch_seeds)  # [b, *L]
-        gen = torch.Generator(device).manual_seed(batch_seeds[0] + 1_000_003)
-        for out in denoise(policy, sampler, schedule, x, cond, gen, deterministic):
+        gens = [torch.Generator(device).manual_seed(s + 1_000_003) for s in batch_seeds]
+        for out in denoise(policy, sampler, schedule, x, cond, gens, deterministic):
             x = out.next_latents
         out_media.append(policy.decode(x).cpu())
     return torch.cat(out_media)

@@ -11,7 +11,12 @@ One iteration, read top to bottom in :meth:`GRPOTrainer.iteration`:
                the stored transition under the current weights and minimise the clipped-ratio
                objective, batched over (sample, step) pairs in micro-batches.
 
-Shapes: n = samples on this rank, N = sampling steps, *L = the policy's latent shape.
+Several processes give the same run as one (see :mod:`dance.layout`): random draws are keyed by
+(seed, iteration, global sample index), the trained pairs and optimizer steps are drawn over the
+global batch, the loss is normalised by global counts and gradients are summed over ranks.
+
+Shapes: S = samples per iteration (all ranks), n = rows on this rank (padding included),
+N = sampling steps, *L = the policy's latent shape.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 import torch
 
 import dance.distributed as dist
-from dance.best_of_n import rows_to_train, select_extremes
+from dance.best_of_n import select_extremes
 from dance.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -37,20 +42,32 @@ from dance.checkpoint import (
 )
 from dance.data import PromptSource, read_prompts
 from dance.ema import EMA
-from dance.errors import ConfigError, RewardError, UsageError
+from dance.errors import ConfigError, RewardError, RunError, UsageError
 from dance.evaluation import Evaluator
 from dance.generate import denoise, noise_from_seeds
 from dance.interfaces import Conditioning, Prompt, Reward, Runtime, StepOutput
+from dance.layout import (
+    MicroBatch,
+    SampleLayout,
+    draw_pairs,
+    optimizer_windows,
+    rank_micro_batches,
+    stream_seed,
+)
 from dance.paired import paired_change
 from dance.plots import before_after_grid, line_chart
 from dance.recipe import Recipe, RewardSpec, dumps_toml
 from dance.registry import Registry, get_registry
 from dance.run_log import RunLog, save_grid
 
+# Streams of random draws (see dance.layout.stream_seed).
+_SDE_NOISE = 1
+_TRAINED_STEPS = 2
+
 
 @dataclass
 class Rollout:
-    trajectory: torch.Tensor  # [n, N + 1, *L]  x_0 (noise) ... x_N
+    trajectory: torch.Tensor  # [n, N + 1, *L]  x_0 (noise) ... x_N, padding rows included
     log_probs: torch.Tensor  # [n, N]          log p(x_{k+1} | x_k) at sampling time
     reward_latents: torch.Tensor  # [n, *L]    what the rewards score, once decoded
     cond: Conditioning  # [n, ...]
@@ -93,12 +110,8 @@ class GRPOTrainer:
                 "other steps are deterministic"
             )
         self.samples_per_iteration = cfg.prompts_per_iteration * cfg.group_size
-        if self.samples_per_iteration % rt.world_size:
-            raise ConfigError(
-                f"prompts_per_iteration x group_size = {self.samples_per_iteration} samples must "
-                f"divide evenly over {rt.world_size} processes"
-            )
-        self.local_samples = self.samples_per_iteration // rt.world_size
+        # Which global samples this rank holds; padding rows when the count does not divide.
+        self.layout = SampleLayout(self.samples_per_iteration, rt.world_size, rt.rank)
 
         self.params = self.policy.trainable_parameters()
         if not self.params:
@@ -121,7 +134,8 @@ class GRPOTrainer:
         self.prompts = PromptSource(read_prompts(cfg.prompts), cfg.seed)
         self.iteration_done = 0
         self.last_checkpoint: Path | None = None
-        self._stop_requested = False
+        self._stop_signal = 0  # the signal that asked this rank to stop (SIGINT, SIGTERM); 0 = none
+        self.stopped_by = 0  # the signal the whole job stopped after, once shared
         self.evaluator = self._build_evaluator(registry)
         self.log = RunLog(self.output_dir, cfg.iterations, dist.is_main(), progress)
 
@@ -163,16 +177,16 @@ class GRPOTrainer:
     # ------------------------------------------------------------------------------------------
 
     def iteration(self, it: int) -> dict[str, float]:
-        cfg, rt = self.cfg, self.runtime
+        cfg, rt, layout = self.cfg, self.runtime, self.layout
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
         # ---- rollout --------------------------------------------------------------------------
         prompts = self.prompts.next(cfg.prompts_per_iteration)  # identical on every rank
-        first = rt.rank * self.local_samples
-        global_index = torch.arange(first, first + self.local_samples)  # [n]
-        group_ids = torch.arange(self.samples_per_iteration) // cfg.group_size  # [P*G]
-        local_prompts = [prompts[g] for g in group_ids[global_index].tolist()]
+        total = self.samples_per_iteration
+        group_ids = torch.arange(total) // cfg.group_size  # [S]
+        global_index = layout.global_index  # [n]; padding rows (>= S) take the last prompt
+        local_prompts = [prompts[g] for g in group_ids[global_index.clamp(max=total - 1)].tolist()]
         self.policy.train(False)
         rollout = self.rollout(local_prompts, global_index, it)
         timings["rollout"] = time.perf_counter() - clock
@@ -181,28 +195,34 @@ class GRPOTrainer:
         clock = time.perf_counter()
         with torch.no_grad():
             media = self.policy.decode(rollout.reward_latents)  # [n, C, H, W] or [n, C, F, H, W]
-        scores, components = self.score(media, local_prompts)
-        gathered = {k: dist.all_gather_cat(v) for k, v in scores.items()}  # label -> [P*G]
+        real = layout.real_count  # padding rows are not scored
+        # A reward can fail on one rank only: every rank then raises its message.
+        with dist.fail_together("reward scoring"):
+            scores, components = self.score(media[:real], local_prompts[:real])
+        gathered = {k: layout.gather(layout.pad(v)) for k, v in scores.items()}  # label -> [S]
+        gathered_components = {k: layout.gather(layout.pad(v)) for k, v in components.items()}
         timings["reward"] = time.perf_counter() - clock
 
         # ---- advantage ------------------------------------------------------------------------
         clock = time.perf_counter()
-        advantages_all = self.advantage.compute(gathered, self.weights, group_ids.to(rt.device))
-        advantages = advantages_all[global_index.to(advantages_all.device)]  # [n]
+        advantages = self.advantage.compute(gathered, self.weights, group_ids.to(rt.device))  # [S]
+        trained = torch.isfinite(advantages).cpu()  # [S]  excluded samples never train
+        if cfg.train_per_group:  # Best-of-N: only the extremes of each group
+            trained &= select_extremes(advantages, group_ids, cfg.train_per_group)
         timings["advantage"] = time.perf_counter() - clock
 
         # ---- update ---------------------------------------------------------------------------
         clock = time.perf_counter()
-        if cfg.train_per_group:  # Best-of-N: only the extremes of each group [m <= n]
-            rollout, advantages = self.extremes(rollout, advantages_all, group_ids)
         self.policy.train(True)
-        update_stats = self.update(rollout, advantages, it)
-        update_stats["trained_samples"] = float(torch.isfinite(advantages).sum())
+        update_stats = self.update(rollout, advantages, trained, it)
+        update_stats["trained_samples"] = float(trained.sum())
         timings["update"] = time.perf_counter() - clock
 
-        if cfg.sample_every and it % cfg.sample_every == 0 and dist.is_main():
-            save_grid(media, self.output_dir / "samples" / f"iter-{it:06d}.png")
-        return self._metrics(gathered, components, advantages_all, update_stats, timings)
+        if cfg.sample_every and it % cfg.sample_every == 0:
+            every_rank = dist.gather_to_main(media)  # [R * n, ...] on rank 0
+            if every_rank is not None:
+                save_grid(every_rank[:total], self.output_dir / "samples" / f"iter-{it:06d}.png")
+        return self._metrics(gathered, gathered_components, advantages, update_stats, timings)
 
     # ---- rollout ------------------------------------------------------------------------------
 
@@ -215,24 +235,32 @@ class GRPOTrainer:
         seeds = [(cfg.seed * 1_000_003 + it) * 1_000_033 + key for key in keys.tolist()]
         return noise_from_seeds(self.policy, seeds)
 
+    def sde_generators(self, global_index: torch.Tensor, it: int) -> list[torch.Generator]:
+        """One generator per sample for the sampler's noise at every step, seeded from (seed,
+        iteration, global sample index): the same draws at any rollout batch size, on any rank,
+        and again after a resume."""
+        device = self.runtime.device
+        return [
+            torch.Generator(device).manual_seed(stream_seed(self.cfg.seed, it, _SDE_NOISE, j))
+            for j in global_index.tolist()
+        ]
+
     @torch.no_grad()
     def rollout(self, prompts: list[Prompt], global_index: torch.Tensor, it: int) -> Rollout:
         cfg, sched = self.cfg, self.schedule
         n, steps = len(prompts), sched.num_steps
         cond = self.policy.encode(prompts)  # [n, ...]
         noise = self.initial_noise(global_index, it)  # [n, *L]
+        generators = self.sde_generators(global_index, it)  # n
         trajectory = noise.new_empty((n, steps + 1, *noise.shape[1:]))  # [n, N + 1, *L]
         log_probs = noise.new_empty((n, steps))  # [n, N]
         reward_latents = torch.empty_like(noise)  # [n, *L]
-        # SDE noise: one generator per rank and iteration, so a resumed run draws the same.
-        gen = torch.Generator(self.runtime.device).manual_seed(
-            (cfg.seed * 1_000_003 + it) * 7_919 + self.runtime.rank + 1
-        )
         for start in range(0, n, cfg.rollout_batch_size):
             rows = slice(start, min(start + cfg.rollout_batch_size, n))
             c = cond.select(torch.arange(rows.start, rows.stop))
             trajectory[rows, 0] = noise[rows]
-            for k, out in enumerate(denoise(self.policy, self.sampler, sched, noise[rows], c, gen)):
+            sampling = denoise(self.policy, self.sampler, sched, noise[rows], c, generators[rows])
+            for k, out in enumerate(sampling):
                 trajectory[rows, k + 1] = out.next_latents  # [b, *L]
                 log_probs[rows, k] = out.log_prob  # [b]
             reward_latents[rows] = out.x0 if cfg.reward_on == "last_x0" else out.next_latents
@@ -243,13 +271,16 @@ class GRPOTrainer:
     def score(
         self, media: torch.Tensor, prompts: list[Prompt]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Score with every reward: ``{label: [n]}`` for training, and every component for logs.
+        """Score with every reward: ``{label: [m]}`` for training, and every component
+        ``{reward.component: [m]}`` for logs (NaN where a reward failed and is excluded).
 
         A reward that raises or returns a non-finite value stops the run, unless
         ``on_reward_failure = "exclude"``: then those samples get NaN, which leaves them out of the
-        group statistics and the update. Never a substitute value.
+        group statistics and the update. Never a substitute value. No media (a rank holding only
+        padding rows): nothing is scored, every value is empty.
         """
         n = media.shape[0]
+        dev = self.runtime.device
         exclude = self.cfg.on_reward_failure == "exclude"
         scores: dict[str, torch.Tensor] = {}
         components: dict[str, torch.Tensor] = {}
@@ -258,7 +289,7 @@ class GRPOTrainer:
             if id(reward) not in results:
                 try:
                     with torch.no_grad():
-                        results[id(reward)] = reward.score(media, prompts)
+                        results[id(reward)] = reward.score(media, prompts) if n else {}
                 except Exception as exc:
                     if not exclude:
                         raise RewardError(
@@ -267,17 +298,22 @@ class GRPOTrainer:
                     results[id(reward)] = exc
             result = results[id(reward)]
             component = spec.component or reward.components[0]
-            if isinstance(result, Exception):
-                value = torch.full((n,), float("nan"), device=self.runtime.device)
+            nan = torch.full((n,), float("nan"), device=dev)
+            if isinstance(result, Exception) or not n:
+                value = nan
+                for name in reward.components:
+                    components[f"{spec.name}.{name}"] = nan
             else:
                 if component not in result or result[component].shape != (n,):
                     raise RewardError(
                         f"reward '{spec.name}' must return component '{component}' of shape "
                         f"[{n}], got { ({k: tuple(v.shape) for k, v in result.items()}) }"
                     )
-                value = result[component].detach().float().to(self.runtime.device)
-                for name, v in result.items():
-                    components[f"{spec.name}.{name}"] = v.detach().float().to(self.runtime.device)
+                value = result[component].detach().float().to(dev)
+                for name in reward.components:
+                    got = result.get(name)
+                    got = nan if got is None else got.detach().float().to(dev)
+                    components[f"{spec.name}.{name}"] = got
             bad = ~torch.isfinite(value)
             if bad.any() and not exclude:
                 raise RewardError(
@@ -290,98 +326,93 @@ class GRPOTrainer:
 
     # ---- update -------------------------------------------------------------------------------
 
-    def extremes(
-        self, rollout: Rollout, advantages_all: torch.Tensor, group_ids: torch.Tensor
-    ) -> tuple[Rollout, torch.Tensor]:
-        """Best-of-N training: this rank's share of the k/2 best and k/2 worst samples of each
-        group (by the combined advantage ``[P*G]``), padded with zero-weight rows so every rank
-        runs the same number of micro-batches."""
-        rt = self.runtime
-        selected = select_extremes(advantages_all, group_ids, self.cfg.train_per_group)  # [P*G]
-        rows, real = rows_to_train(selected, self.local_samples, rt.rank, rt.world_size)  # [m]
-        first = rt.rank * self.local_samples
-        adv = advantages_all[(rows + first).to(advantages_all.device)]  # [m]
-        adv = torch.where(real.to(adv.device), adv, torch.full_like(adv, float("nan")))
-        dev_rows = rows.to(rollout.trajectory.device)
-        subset = Rollout(
-            trajectory=rollout.trajectory[dev_rows],  # [m, N + 1, *L]
-            log_probs=rollout.log_probs[dev_rows],  # [m, N]
-            reward_latents=rollout.reward_latents[dev_rows],  # [m, *L]
-            cond=rollout.cond.select(rows),  # [m, ...]
-        )
-        return subset, adv
+    def update(
+        self, rollout: Rollout, advantages: torch.Tensor, trained: torch.Tensor, it: int
+    ) -> dict[str, float]:
+        """One iteration's optimizer steps on the samples with ``trained [S]``, whose
+        ``advantages [S]`` (global, identical on every rank) are finite.
 
-    def update(self, rollout: Rollout, advantages: torch.Tensor, it: int) -> dict[str, float]:
-        cfg, dev = self.cfg, self.runtime.device
-        n = advantages.shape[0]
-        train = torch.isfinite(advantages)  # [n]  excluded samples stay in the layout, weight 0
-        adv = torch.where(train, advantages, torch.zeros_like(advantages))
+        The (sample, step) pairs, their order and their split into optimizer steps are drawn
+        over the global batch (:mod:`dance.layout`); each rank trains the pairs of its samples.
+        Each optimizer step's loss is the mean over its pairs, all ranks together: every rank
+        divides its sum by the global count and the gradients are summed over ranks.
+        """
+        cfg, dev, layout = self.cfg, self.runtime.device, self.layout
+        local = layout.global_index.clamp(max=layout.total - 1)  # [n]
+        local_trained = trained[local] & (layout.global_index < layout.total)  # [n]
+        adv = torch.where(
+            local_trained.to(advantages.device), advantages[local.to(advantages.device)], 0.0
+        ).to(dev)  # [n]; 0 on rows that do not train (their pairs are padding only)
 
-        # Which (sample, step) pairs to train on: T random steps per sample, then shuffled.
-        gen = torch.Generator().manual_seed(
-            (cfg.seed * 1_000_003 + it) * 104_729 + self.runtime.rank
-        )
-        count = self.train_steps.numel()
-        per_sample = max(1, int(cfg.timestep_fraction * count))
-        steps = torch.stack(
-            [self.train_steps[torch.randperm(count, generator=gen)[:per_sample]] for _ in range(n)]
-        )  # [n, T]
-        samples = torch.arange(n).unsqueeze(1).expand_as(steps)  # [n, T]
-        order = torch.randperm(steps.numel(), generator=gen)
-        pair_sample = samples.reshape(-1)[order].to(dev)  # [n*T]
-        pair_step = steps.reshape(-1)[order].to(dev)  # [n*T]
-        micro = list(
-            zip(
-                pair_sample.split(cfg.micro_batch_size),
-                pair_step.split(cfg.micro_batch_size),
-                strict=True,
-            )
-        )  # [(i [m], s [m]), ...]
-        per_window = cfg.gradient_accumulation_steps or len(micro)
+        gen = torch.Generator().manual_seed(stream_seed(cfg.seed, it, _TRAINED_STEPS))
+        per_sample = max(1, int(cfg.timestep_fraction * self.train_steps.numel()))
+        pairs = draw_pairs(self.train_steps, per_sample, trained, gen)  # [M, 2] global
+        pairs_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps
+        filler = int(self.train_steps[0])  # padding pairs: a trainable step of the first row
         windows = [
-            range(j, min(j + per_window, len(micro))) for j in range(0, len(micro), per_window)
-        ]
+            (w.stop - w.start, rank_micro_batches(pairs[w], layout, cfg.micro_batch_size, filler))
+            for w in optimizer_windows(pairs.shape[0], pairs_per_step)
+        ]  # [(global pairs of the optimizer step, this rank's micro-batches), ...]
 
         # Old log-probs in the training layout (see TrainerConfig.old_log_probs). In the first
         # window no weight has changed yet, so the forward of the update itself gives them.
-        old: dict[int, torch.Tensor] = {}
+        old: dict[tuple[int, int], torch.Tensor] = {}
         drift = torch.zeros((), device=dev)
         if cfg.old_log_probs == "recompute":
             with torch.no_grad():
-                for j in (j for w in windows[1:] for j in w):
-                    i, s = micro[j]
-                    old[j] = self._transition(rollout, i, s).log_prob
-                    drift = torch.maximum(drift, (old[j] - rollout.log_probs[i, s]).abs().max())
+                for w, (_, batches) in enumerate(windows[1:], start=1):
+                    for j, mb in enumerate(batches):
+                        i, s = mb.rows.to(dev), mb.steps.to(dev)
+                        old[w, j] = self._transition(rollout, i, s).log_prob
+                        diff = (old[w, j] - rollout.log_probs[i, s]).abs()[mb.weight.to(dev)]
+                        if diff.numel():
+                            drift = torch.maximum(drift, diff.max())
 
-        stats = _Stats()
-        for w, window in enumerate(windows):
-            valid = sum(train[micro[j][0]].sum() for j in window).clamp(min=1)  # pairs trained
-            for j in window:
-                i, s = micro[j]
-                out = self._transition(rollout, i, s)
-                new_lp = out.log_prob  # [m]
-                kl = self._kl(rollout, i, s, out) if cfg.kl_coef > 0 else torch.zeros_like(new_lp)
-                if cfg.old_log_probs == "rollout":
-                    old_lp = rollout.log_probs[i, s]
-                elif w == 0:
-                    old_lp = new_lp.detach()
-                else:
-                    old_lp = old[j]
-                if w == 0:
-                    first_dev = (new_lp.detach() - rollout.log_probs[i, s]).abs().max()
-                    drift = torch.maximum(drift, first_dev)
-                ratio = torch.exp(new_lp - old_lp)  # [m]
-                a = adv[i]  # [m]
-                clipped = torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
-                policy_loss = torch.maximum(-a * ratio, -a * clipped)  # [m]
-                per_pair = (policy_loss + cfg.kl_coef * kl) * train[i].float()
-                (per_pair.sum() / valid).backward()
-                stats.add_pairs(ratio.detach(), train[i], policy_loss.detach(), kl.detach(), cfg)
-                if w == 0:
-                    stats.first_window_ratio.append(ratio.detach()[train[i]])
-            stats.grad_norms.append(self._optimizer_step())
-        stats.drift = drift.item()
+        stats = _Stats(dev)
+        for w, (global_pairs, batches) in enumerate(windows):
+            for j, mb in enumerate(batches):
+                self._train_micro_batch(rollout, mb, adv, global_pairs, stats, w, old.get((w, j)))
+            stats.grad_norms.append(self._optimizer_step(it))
+        stats.drift = torch.maximum(stats.drift, drift)
+        if windows:
+            self._check_finite_weights(it)
         return stats.summary(self.optimizer.param_groups[0]["lr"])
+
+    def _train_micro_batch(
+        self,
+        rollout: Rollout,
+        mb: MicroBatch,
+        adv: torch.Tensor,
+        global_pairs: int,
+        stats: _Stats,
+        window: int,
+        old_lp: torch.Tensor | None,
+    ) -> None:
+        """Forward and backward of one micro-batch; its loss is divided by the ``global_pairs``
+        of the optimizer step, so summing gradients over ranks gives the mean over all pairs."""
+        cfg, dev = self.cfg, self.runtime.device
+        i, s, weight = mb.rows.to(dev), mb.steps.to(dev), mb.weight.to(dev)
+        out = self._transition(rollout, i, s)
+        new_lp = out.log_prob  # [m]
+        kl = self._kl(rollout, i, s, out) if cfg.kl_coef > 0 else torch.zeros_like(new_lp)
+        if cfg.old_log_probs == "rollout":
+            old_lp = rollout.log_probs[i, s]
+        elif window == 0:
+            old_lp = new_lp.detach()
+        assert old_lp is not None
+        if window == 0:  # no weight changed yet: compare with the rollout's log-probs
+            first_dev = (new_lp.detach() - rollout.log_probs[i, s]).abs()[weight]
+            if first_dev.numel():
+                stats.drift = torch.maximum(stats.drift, first_dev.max())
+        ratio = torch.exp(new_lp - old_lp)  # [m]
+        a = adv[i]  # [m]
+        clipped = torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
+        policy_loss = torch.maximum(-a * ratio, -a * clipped)  # [m]
+        per_pair = (policy_loss + cfg.kl_coef * kl) * weight.float()
+        (per_pair.sum() / global_pairs).backward()
+        stats.add_pairs(
+            ratio.detach(), weight, policy_loss.detach(), kl.detach(), window == 0, cfg.clip_range
+        )
 
     def _transition(self, rollout: Rollout, i: torch.Tensor, s: torch.Tensor) -> StepOutput:
         """Recompute the stored transitions x_s -> x_{s+1} of samples ``i [m]`` under the current
@@ -404,19 +435,41 @@ class GRPOTrainer:
         std = out.std.float().clamp_min(1e-12)
         return ((out.mean - ref.mean) ** 2 / (2 * std**2)).mean(dim=dims)
 
-    def _optimizer_step(self) -> float:
-        if dist.is_distributed():  # data parallel: average the gradients of every rank
+    def _optimizer_step(self, it: int) -> float:
+        if dist.is_distributed():
+            # Each rank's loss is already divided by the global pair count: the sum over ranks
+            # is the gradient of the global mean. (FSDP's reduce-scatter, summing with gradient
+            # divide factor 1, replaces this all-reduce once the network is sharded.)
             for p in self.params:
                 if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
+                    torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if not torch.isfinite(norm):  # the same reduced norm on every rank: all stop together
+            raise RunError(self._diverged(it, "the gradient norm"))
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update()
         return float(norm)
+
+    def _check_finite_weights(self, it: int) -> None:
+        """Stop, on every rank, when an optimizer step left a non-finite trained weight."""
+        local = (p.to_local() if hasattr(p, "to_local") else p for p in self.params)
+        bad = any(not bool(torch.isfinite(p.detach()).all()) for p in local)
+        if dist.any_rank(bad):
+            raise RunError(self._diverged(it, "a trained weight"))
+
+    def _diverged(self, it: int, what: str) -> str:
+        kept = (
+            f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
+        )
+        return (
+            f"{what} became non-finite (NaN or inf) in iteration {it}: training diverged; this "
+            f"state is not saved{kept}. Lower trainer.learning_rate or keep "
+            "trainer.max_grad_norm > 0"
+        )
 
     # ---- metrics ------------------------------------------------------------------------------
 
@@ -428,6 +481,7 @@ class GRPOTrainer:
         update: dict[str, float],
         timings: dict[str, float],
     ) -> dict[str, float]:
+        """Metrics of the whole job: every input is gathered over ranks ``[S]`` or reduced."""
         m: dict[str, float] = {}
         for label, values in gathered.items():
             finite = values[torch.isfinite(values)]
@@ -437,10 +491,8 @@ class GRPOTrainer:
                 (~torch.isfinite(values)).sum()
             )
         for name, values in components.items():
-            key = f"component/{name}/mean"
-            m[key] = (
-                values[torch.isfinite(values)].mean().item() if values.numel() else float("nan")
-            )
+            finite = values[torch.isfinite(values)]
+            m[f"component/{name}/mean"] = finite.mean().item() if finite.numel() else float("nan")
         finite_adv = advantages[torch.isfinite(advantages)]
         m["advantage/abs_mean"] = finite_adv.abs().mean().item() if finite_adv.numel() else 0.0
         m.update(update)
@@ -501,15 +553,21 @@ class GRPOTrainer:
             (self.output_dir / "config.toml").write_text(dumps_toml(self.recipe.to_toml_dict()))
 
     def run(self, resume: bool = False) -> dict[str, Any]:
-        """Run the remaining iterations; Ctrl-C stops after the current one, with a checkpoint.
+        """Run the remaining iterations; Ctrl-C or SIGTERM stops after the current one, with a
+        checkpoint (``summary["stopped_by"]`` names the signal).
 
         With ``[evaluation]``, the held-out set is scored before the first iteration and after
-        the last; ``summary.json`` and ``reward_curve.png`` are written at the end.
+        the last; ``summary.json`` and ``reward_curve.png`` are written at the end. Every decision
+        that ranks share (evaluate before, stop) is taken once for the whole job.
         """
         self.write_config()
-        if resume:
-            self.resume()
-        if self.evaluator is not None and not (self.output_dir / "eval" / "before.json").exists():
+        saved = self.resume() if resume else None  # the iteration of the newest checkpoint
+        # Rank 0 alone looks at the output directory: a rank that starts later must not see
+        # the file rank 0 has just written and decide otherwise.
+        evaluate_before = dist.broadcast_object(
+            self.evaluator is not None and not (self.output_dir / "eval" / "before.json").exists()
+        )
+        if evaluate_before:
             self.evaluate("before")
         self.log.start_at(self.iteration_done)
         last: dict[str, float] = {}
@@ -518,21 +576,24 @@ class GRPOTrainer:
                 last = self.iteration(it)
                 self.iteration_done = it + 1
                 self.log.log(it, last, self._headline(last))
-                if self._stop_requested:
+                # A signal may reach some ranks only: all stop after the same iteration.
+                signal_number = dist.all_reduce(torch.tensor([self._stop_signal]), "max")
+                self.stopped_by = int(signal_number.item())
+                if self.stopped_by:
                     break
                 every = self.cfg.checkpoint_every
                 if every and self.iteration_done % every == 0:
                     self.save()
-        if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(
-            f"{self.iteration_done:06d}"
-        ):
+                    saved = self.iteration_done
+        if saved != self.iteration_done:
             self.save()
         self.log.close()
         if self.evaluator is not None:
             self.evaluate("after")
         summary = {
             "iterations": self.iteration_done,
-            "interrupted": self._stop_requested,
+            "interrupted": bool(self.stopped_by),
+            "stopped_by": signal.Signals(self.stopped_by).name if self.stopped_by else None,
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "metrics": last,
         }
@@ -540,12 +601,12 @@ class GRPOTrainer:
             summary.update(self.write_report())
         return summary
 
-    def evaluate(self, stage: str) -> dict[str, Any] | None:
-        """Score the evaluation set with the current weights; kept under ``eval/``."""
+    def evaluate(self, stage: str) -> dict[str, Any]:
+        """Score the evaluation set with the current weights, split over every rank; rank 0
+        keeps the figures and images under ``eval/``."""
         assert self.evaluator is not None
-        result = None
-        if dist.is_main():
-            result, media = self.evaluator(self.policy)
+        result, media = self.evaluator(self.policy)
+        if media is not None:  # rank 0
             folder = self.output_dir / "eval"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{stage}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -605,58 +666,82 @@ class GRPOTrainer:
 
     @contextlib.contextmanager
     def _graceful_interrupt(self):  # noqa: ANN202
-        """First Ctrl-C: finish the iteration, checkpoint, stop. Second: stop at once."""
+        """First Ctrl-C (SIGINT) or SIGTERM, which SLURM and Kubernetes send before they kill a
+        job: finish the iteration, checkpoint, stop. A second signal: stop at once."""
 
         def handler(signum, frame):  # noqa: ANN001
-            if self._stop_requested:
+            if self._stop_signal:
                 raise KeyboardInterrupt
-            self._stop_requested = True
+            self._stop_signal = signum
 
+        watched = (signal.SIGINT, signal.SIGTERM)
         try:
-            previous = signal.signal(signal.SIGINT, handler)
+            previous = {sig: signal.signal(sig, handler) for sig in watched}
         except ValueError:  # not the main thread: leave signals alone
             yield
             return
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 class _Stats:
-    """Accumulates update statistics over the micro-batches of one iteration."""
+    """Update statistics of one iteration: sums, counts and extremes over this rank's trained
+    pairs, reduced over every rank in :meth:`summary` (so the logs describe the whole job)."""
 
-    def __init__(self) -> None:
-        self.ratios: list[torch.Tensor] = []
-        self.losses: list[torch.Tensor] = []
-        self.kls: list[torch.Tensor] = []
-        self.clipped: list[torch.Tensor] = []
-        self.grad_norms: list[float] = []
-        self.first_window_ratio: list[torch.Tensor] = []
-        self.drift = 0.0
+    def __init__(self, device: torch.device) -> None:
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        self.pairs = zero.clone()
+        self.loss_sum, self.kl_sum, self.ratio_sum, self.clipped = (zero.clone() for _ in "1234")
+        self.ratio_min = torch.full((), float("inf"), dtype=torch.float64, device=device)
+        self.ratio_max = torch.full((), -float("inf"), dtype=torch.float64, device=device)
+        self.first_dev = zero.clone()  # max |ratio - 1| over the first optimizer step's pairs
+        self.drift = torch.zeros((), device=device)  # max |new log-prob - rollout log-prob|
+        self.grad_norms: list[float] = []  # already global: taken after the reduction
 
-    def add_pairs(self, ratio, mask, loss, kl, cfg) -> None:  # noqa: ANN001
-        self.ratios.append(ratio[mask])
-        self.losses.append(loss[mask])
-        self.kls.append(kl[mask])
-        self.clipped.append(((ratio[mask] - 1).abs() > cfg.clip_range).float())
+    def add_pairs(
+        self,
+        ratio: torch.Tensor,
+        mask: torch.Tensor,
+        loss: torch.Tensor,
+        kl: torch.Tensor,
+        first_window: bool,
+        clip_range: float,
+    ) -> None:
+        r = ratio[mask].double()  # [k] the trained (non-padding) pairs
+        if not r.numel():
+            return
+        self.pairs += r.numel()
+        self.loss_sum += loss[mask].double().sum()
+        self.kl_sum += kl[mask].double().sum()
+        self.ratio_sum += r.sum()
+        self.clipped += ((r - 1).abs() > clip_range).sum()
+        self.ratio_min = torch.minimum(self.ratio_min, r.min())
+        self.ratio_max = torch.maximum(self.ratio_max, r.max())
+        if first_window:
+            self.first_dev = torch.maximum(self.first_dev, (r - 1).abs().max())
 
     def summary(self, lr: float) -> dict[str, float]:
-        def cat(xs: list[torch.Tensor]) -> torch.Tensor:
-            return torch.cat(xs) if xs else torch.zeros(0)
-
-        ratio, first = cat(self.ratios), cat(self.first_window_ratio)
-        out = {
-            "loss": cat(self.losses).mean().item() if ratio.numel() else 0.0,
-            "kl": cat(self.kls).mean().item() if ratio.numel() else 0.0,
-            "ratio/mean": ratio.mean().item() if ratio.numel() else 1.0,
-            "ratio/min": ratio.min().item() if ratio.numel() else 1.0,
-            "ratio/max": ratio.max().item() if ratio.numel() else 1.0,
-            "ratio/first_step_max_dev": (first - 1).abs().max().item() if first.numel() else 0.0,
-            "clip_fraction": cat(self.clipped).mean().item() if ratio.numel() else 0.0,
+        sums = dist.all_reduce(
+            torch.stack([self.pairs, self.loss_sum, self.kl_sum, self.ratio_sum, self.clipped])
+        )
+        pairs, loss, kl, ratio, clipped = sums.tolist()
+        ratio_min = dist.all_reduce(self.ratio_min, "min").item()
+        highs = torch.stack([self.ratio_max, self.first_dev, self.drift.double()])
+        ratio_max, first_dev, drift = dist.all_reduce(highs, "max").tolist()
+        return {
+            "loss": loss / pairs if pairs else 0.0,
+            "kl": kl / pairs if pairs else 0.0,
+            "ratio/mean": ratio / pairs if pairs else 1.0,
+            "ratio/min": ratio_min if pairs else 1.0,
+            "ratio/max": ratio_max if pairs else 1.0,
+            "ratio/first_step_max_dev": first_dev,
+            "clip_fraction": clipped / pairs if pairs else 0.0,
             "grad_norm": sum(self.grad_norms) / max(len(self.grad_norms), 1),
             "optimizer_steps": float(len(self.grad_norms)),
-            "rollout_logprob_drift": self.drift,
+            "trained_pairs": pairs,
+            "rollout_logprob_drift": drift,
             "lr": lr,
         }
-        return out

@@ -15,7 +15,12 @@ from dance.errors import ConfigError
 @dataclass
 class TrainerConfig:
     iterations: int = option(100, "GRPO iterations (rollout + reward + update) to run", ge=1)
-    prompts_per_iteration: int = option(2, "distinct prompts per iteration, over all ranks", ge=1)
+    prompts_per_iteration: int = option(
+        2,
+        "distinct prompts per iteration, over all processes (prompts x group_size need not "
+        "divide by the number of processes)",
+        ge=1,
+    )
     group_size: int = option(12, "samples drawn per prompt (G); advantages are relative", ge=2)
     share_initial_noise: bool = option(
         True, "start every sample of a group from the same initial noise (DanceGRPO)"
@@ -28,12 +33,20 @@ class TrainerConfig:
         "0 = train on every sample",
         ge=0,
     )
-    rollout_batch_size: int = option(4, "samples per forward pass during the rollout", ge=1)
+    rollout_batch_size: int = option(
+        4, "samples per forward pass during the rollout, on each process", ge=1
+    )
     micro_batch_size: int = option(
-        4, "(sample, step) pairs per forward+backward in the update", ge=1
+        4, "(sample, step) pairs per forward+backward in the update, on each process", ge=1
     )
     gradient_accumulation_steps: int = option(
-        0, "micro-batches per optimizer step; 0 = all micro-batches of an iteration", ge=0
+        0,
+        "size of an optimizer step, counted over the whole job: each optimizer step trains "
+        "micro_batch_size x this many (sample, step) pairs of the iteration, split over the "
+        "processes, so the number of optimizer steps per iteration does not depend on the "
+        "number of processes (one process: this many micro-batches per step); "
+        "0 = one optimizer step per iteration",
+        ge=0,
     )
     timestep_fraction: float = option(
         0.6, "fraction of each trajectory's steps trained on, drawn at random", gt=0, le=1
@@ -72,7 +85,12 @@ class TrainerConfig:
         choices=("error", "exclude"),
     )
     prompts: str = option("", "text file with one prompt per line; empty = the bundled prompts")
-    seed: int = option(0, "seed of prompts, noise and step selection", ge=0)
+    seed: int = option(
+        0,
+        "seed of prompts, noise and step selection; draws are keyed by (seed, iteration, "
+        "sample), so any number of processes gives the same run",
+        ge=0,
+    )
     sample_every: int = option(
         10, "write a PNG grid of rollout samples every N iterations; 0 = off", ge=0
     )
@@ -80,6 +98,12 @@ class TrainerConfig:
         10, "checkpoint every N iterations (and at the end); 0 = end only", ge=0
     )
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep", ge=1)
+    distributed_timeout: float = option(
+        1800.0,
+        "seconds a process waits for the others (to start, or at a collective) before the "
+        "whole multi-process job fails; a rank that raises stops the job at once regardless",
+        gt=0,
+    )
 
     def check(self) -> None:
         k = self.train_per_group

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dance.best_of_n import expected_best_of_n, pick_best, rows_to_train, select_extremes
+from dance.best_of_n import expected_best_of_n, pick_best, select_extremes
 from dance.config import build
 from dance.errors import ConfigError
 from dance.trainer_config import TrainerConfig
@@ -57,34 +57,6 @@ def test_excluded_samples_are_never_selected():
 def test_k_must_be_even_and_positive(k):
     with pytest.raises(ValueError, match="even"):
         select_extremes(torch.zeros(4), torch.zeros(4, dtype=torch.long), k)
-
-
-@pytest.mark.parametrize("world_size", [1, 2, 3, 4, 6])
-def test_groups_spanning_ranks(world_size):
-    """Gathered advantages of 2 prompts x 12 samples, split over ranks: each rank trains its
-    own selected rows, all ranks run the same number of rows, and together they train exactly
-    the selected samples."""
-    gen = torch.Generator().manual_seed(world_size)
-    advantages = torch.randn(24, generator=gen)  # what every rank holds after the all-gather
-    groups = torch.arange(24) // 12
-    selected = select_extremes(advantages, groups, 4)
-    local = 24 // world_size
-    trained, widths = [], set()
-    for rank in range(world_size):
-        rows, real = rows_to_train(selected, local, rank, world_size)
-        widths.add(rows.numel())
-        assert rows.numel() == real.numel() and (rows < local).all()
-        trained += (rows[real] + rank * local).tolist()
-    assert len(widths) == 1
-    assert sorted(trained) == torch.nonzero(selected).squeeze(1).tolist()
-
-
-def test_padding_rows_are_marked():
-    selected = torch.tensor([True, True, True, False, False, False])
-    rows0, real0 = rows_to_train(selected, 3, 0, 2)
-    rows1, real1 = rows_to_train(selected, 3, 1, 2)
-    assert rows0.tolist() == [0, 1, 2] and real0.tolist() == [True, True, True]
-    assert rows1.tolist() == [0, 0, 0] and real1.tolist() == [False, False, False]
 
 
 def test_pick_best_per_prompt():

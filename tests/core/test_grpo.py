@@ -282,24 +282,36 @@ def test_best_of_n_trains_only_the_extremes(registry, tmp_path):
     trainer = make_trainer(
         registry, tmp_path, {"group_size": 6, "train_per_group": 2, "share_initial_noise": False}
     )
-    seen = {}
-    real_compute, real_update = trainer.advantage.compute, trainer.update
+    seen = {"rows": []}
+    real_compute, real_update, real_transition = (
+        trainer.advantage.compute,
+        trainer.update,
+        trainer._transition,
+    )
 
     def compute(*args, **kwargs):
         seen["all"] = real_compute(*args, **kwargs)
         return seen["all"]
 
-    def update(rollout, advantages, it):
-        seen["trained"], seen["rows"] = advantages.clone(), rollout.trajectory.shape[0]
-        return real_update(rollout, advantages, it)
+    def update(rollout, advantages, trained, it):
+        seen["trained"] = trained.clone()
+        return real_update(rollout, advantages, trained, it)
+
+    def transition(rollout, i, s):
+        seen["rows"] += i.tolist()
+        return real_transition(rollout, i, s)
 
     trainer.advantage.compute, trainer.update = compute, update
+    trainer._transition = transition
     metrics = trainer.iteration(0)
     per_group = seen["all"].reshape(2, 6)
     expected = torch.cat([per_group.min(dim=1).values, per_group.max(dim=1).values])
-    assert seen["rows"] == 4  # 2 prompts x k = 2, not 2 x 6
-    assert sorted(seen["trained"].tolist()) == sorted(expected.tolist())
-    assert metrics["trained_samples"] == 4
+    assert seen["trained"].sum() == 4  # 2 prompts x k = 2, not 2 x 6
+    assert sorted(seen["all"][seen["trained"]].tolist()) == sorted(expected.tolist())
+    # only the chosen samples' steps are recomputed: 3 steps each
+    trained_rows = torch.nonzero(seen["trained"]).squeeze(1).tolist()
+    assert sorted(set(seen["rows"])) == trained_rows and len(seen["rows"]) == 4 * 3
+    assert metrics["trained_samples"] == 4 and metrics["trained_pairs"] == 12
 
 
 def test_only_the_sde_window_is_trained(registry, tmp_path):
