@@ -61,7 +61,17 @@ def init_from_env(timeout_s: float | None = None) -> None:
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
-    torch_dist.init_process_group(backend=backend, timeout=timeout)
+    try:
+        torch_dist.init_process_group(backend=backend, timeout=timeout)
+    except (RuntimeError, ValueError) as exc:  # the store's timeout, a refused connection...
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(
+            f"rank {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE')} could not "
+            f"join the process group at {where} within trainer.distributed_timeout = "
+            f"{timeout_s} s ({reason}); start every process, with the same MASTER_ADDR and "
+            "MASTER_PORT"
+        ) from exc
 
 
 def shutdown() -> None:
