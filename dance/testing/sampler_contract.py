@@ -73,6 +73,29 @@ class SamplerContract:
         b = sampler.step(v, x, k, schedule, generator=torch.Generator().manual_seed(3))
         torch.testing.assert_close(a.next_latents, b.next_latents, atol=0, rtol=0)
 
+    def test_per_sample_noise_is_the_samplers_own_gaussian(self, sampler):
+        """The trainer draws each sample's noise from its own generator (the run then does not
+        depend on how samples are batched or split over processes) through
+        :func:`dance.generate.step_per_sample`: ``mean + std * z`` of the deterministic step,
+        then the log-probability of that stored transition. That is the sampler's own draw."""
+        from dance.generate import step_per_sample
+
+        schedule = sampler.schedule()
+        x, v = self._inputs(LATENT_SHAPES[1])
+        k = torch.arange(x.shape[0]) % schedule.num_steps
+        gens = [torch.Generator().manual_seed(20 + i) for i in range(x.shape[0])]
+        out = step_per_sample(sampler, v, x, k, schedule, gens)
+        for i in range(x.shape[0]):
+            alone = sampler.step(
+                v[i : i + 1],
+                x[i : i + 1],
+                k[i : i + 1],
+                schedule,
+                generator=torch.Generator().manual_seed(20 + i),
+            )
+            torch.testing.assert_close(out.next_latents[i : i + 1], alone.next_latents)
+            torch.testing.assert_close(out.log_prob[i : i + 1], alone.log_prob)
+
     def test_mixed_steps_equal_stepping_each_sample_alone(self, sampler):
         schedule = sampler.schedule()
         x, v = self._inputs(LATENT_SHAPES[1])
