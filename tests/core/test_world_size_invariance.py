@@ -1,9 +1,10 @@
-"""1 process and 2 processes (gloo, CPU) run the same recipe to the same result.
+"""1 process and 2 (or 3) processes (gloo, CPU) run the same recipe to the same result.
 
 Same rewards, advantages, trained samples and (sample, step) pairs, logged metrics, sample grid,
 evaluation, and final weights within float reduction order (1e-5 relative): for a LoRA, a full
 fine-tune of the tiny FLUX, a group split across ranks, Best-of-N, an excluded group, and a sample
-count that does not divide by the number of processes. The two-process runs share one launch.
+count that does not divide by the number of processes (with 3 processes, one holding padding rows
+only). The two-process runs share one launch.
 """
 
 from __future__ import annotations
@@ -89,6 +90,14 @@ SCENARIOS = {
         "rewards": [{"name": "brightness"}],
         "trainer": {"prompts_per_iteration": 1, "group_size": 3, "micro_batch_size": 2},
     },
+    # 4 samples over 3 processes: rank 2 holds padding rows only (nothing to score, only
+    # zero-weight micro-batches to train); 5 evaluation images over 3 processes.
+    "padding_rank": {
+        **TOY,
+        "rewards": [{"name": "brightness"}],
+        "trainer": {"prompts_per_iteration": 2, "group_size": 2, "micro_batch_size": 2},
+        "evaluation": {"prompts": "PROMPTS", "seeds": 1, "num_steps": 2},
+    },
     "flux_full": {
         "policy": {
             "name": "flux",
@@ -147,9 +156,12 @@ def run_scenario(name: str, folder: str) -> dict:
     return seen
 
 
-def run_all(folder: str) -> dict:
+TWO_PROCESSES = [name for name in SCENARIOS if name != "padding_rank"]
+
+
+def run_all(folder: str, names: list[str]) -> dict:
     torch.set_num_threads(1)
-    return {name: run_scenario(name, folder) for name in SCENARIOS}
+    return {name: run_scenario(name, folder) for name in names}
 
 
 def _pixels(path: Path) -> torch.Tensor:
@@ -166,9 +178,10 @@ def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("invariance")
     (folder / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     build_tiny_flux(folder / "tiny-flux", seed=0)
-    one = run_all(str(folder))
-    two = run_function(run_all, 2, str(folder), timeout=600)
-    return one, two
+    one = run_all(str(folder), list(SCENARIOS))
+    two = run_function(run_all, 2, str(folder), TWO_PROCESSES, timeout=600)
+    three = run_function(run_all, 3, str(folder), ["padding_rank"], timeout=600)
+    return one, two, three
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
@@ -179,10 +192,13 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
     return bool((a - b).norm() <= rel * max(a.norm(), b.norm(), 1e-30))
 
 
-@pytest.mark.parametrize("name", list(SCENARIOS))
-def test_two_processes_train_as_one(runs, name):
-    one, (rank0, rank1) = runs[0][name], (r[name] for r in runs[1])
-    for two in (rank0, rank1):  # every rank holds the gathered values
+@pytest.mark.parametrize(
+    "name, processes", [(name, 2) for name in TWO_PROCESSES] + [("padding_rank", 3)]
+)
+def test_several_processes_train_as_one(runs, name, processes):
+    one, ranks = runs[0][name], [r[name] for r in runs[processes - 1]]
+    rank0 = ranks[0]
+    for two in ranks:  # every rank holds the gathered values
         for it in range(COMMON["iterations"]):
             for label, values in one["rewards"][it].items():
                 assert _close(values, two["rewards"][it][label]), (name, it, label)
@@ -229,10 +245,11 @@ def test_scenarios_exercise_what_they_claim(runs):
     assert len(one["odd"]["advantages"][0]) == 3
 
 
-def test_evaluation_is_split_over_ranks_with_the_same_figures(runs):
-    one, two = runs[0]["lora"]["eval"], runs[1][0]["lora"]["eval"]
+@pytest.mark.parametrize("name, processes", [("lora", 2), ("padding_rank", 3)])
+def test_evaluation_is_split_over_ranks_with_the_same_figures(runs, name, processes):
+    one, several = runs[0][name]["eval"], runs[processes - 1][0][name]["eval"]
     for stage in ("before", "after"):
-        assert two[stage]["images"] == 5
-        assert two[stage]["per_image"]["reward"] == pytest.approx(
+        assert several[stage]["images"] == 5
+        assert several[stage]["per_image"]["reward"] == pytest.approx(
             one[stage]["per_image"]["reward"], rel=1e-5
         )
