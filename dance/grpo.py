@@ -188,16 +188,20 @@ class GRPOTrainer:
         global_index = layout.global_index  # [n]; padding rows (>= S) take the last prompt
         local_prompts = [prompts[g] for g in group_ids[global_index.clamp(max=total - 1)].tolist()]
         self.policy.train(False)
-        rollout = self.rollout(local_prompts, global_index, it)
+        # The rollout, decoding and scoring can fail on one rank only (a reward server, memory):
+        # every rank then raises that rank's message. (Once the network is sharded, the
+        # rollout's forwards are collectives: a rank failing inside them ends the job through
+        # torchrun, which stops the other processes.)
+        with dist.fail_together("the rollout"):
+            rollout = self.rollout(local_prompts, global_index, it)
         timings["rollout"] = time.perf_counter() - clock
 
         # ---- reward ---------------------------------------------------------------------------
         clock = time.perf_counter()
-        with torch.no_grad():
-            media = self.policy.decode(rollout.reward_latents)  # [n, C, H, W] or [n, C, F, H, W]
         real = layout.real_count  # padding rows are not scored
-        # A reward can fail on one rank only: every rank then raises its message.
         with dist.fail_together("reward scoring"):
+            with torch.no_grad():
+                media = self.policy.decode(rollout.reward_latents)  # [n, C, H, W] / [n, C, F, H, W]
             scores, components = self.score(media[:real], local_prompts[:real])
         gathered = {k: layout.gather(layout.pad(v)) for k, v in scores.items()}  # label -> [S]
         gathered_components = {k: layout.gather(layout.pad(v)) for k, v in components.items()}

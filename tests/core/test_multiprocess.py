@@ -6,11 +6,31 @@ import pytest
 import torch
 
 import dance.distributed as dist
+from dance.errors import RewardError
 from dance.testing.multiprocess import RanksFailed, launch, run_function
 
 
-def gather_ranks(offset: int) -> list[int]:
-    return dist.all_gather_cat(torch.tensor([dist.rank() + offset])).tolist()
+def collectives(offset: int) -> dict:
+    """Every helper of dance.distributed once, on each rank."""
+    r = dist.rank()
+    out = {
+        "gather": dist.all_gather_cat(torch.tensor([r + offset])).tolist(),
+        "sum": dist.all_reduce(torch.tensor([r + 1.0])).item(),
+        "min": dist.all_reduce(torch.tensor([r + 1.0]), "min").item(),
+        "max": dist.all_reduce(torch.tensor([r + 1.0]), "max").item(),
+        "any": (dist.any_rank(r == 1), dist.any_rank(False)),
+        "broadcast": dist.broadcast_object({"from": r}),
+        "to_main": dist.gather_to_main(torch.full((2, 3), float(r))),
+    }
+    for name, error in (("reward", RewardError("reward 'x' is down")), ("bug", KeyError("k"))):
+        try:
+            with dist.fail_together(name):
+                if r == 1:
+                    raise error
+            out[name] = None
+        except Exception as exc:
+            out[name] = (type(exc).__name__, str(exc))
+    return out
 
 
 def fail_on_rank_one() -> None:
@@ -18,8 +38,19 @@ def fail_on_rank_one() -> None:
         raise ValueError("rank one is broken")
 
 
-def test_run_function_returns_every_ranks_result():
-    assert run_function(gather_ranks, 2, 10) == [[10, 11], [10, 11]]
+def test_collectives_and_failures_shared_by_every_rank():
+    rank0, rank1 = run_function(collectives, 2, 10)
+    for out in (rank0, rank1):
+        assert out["gather"] == [10, 11]
+        assert (out["sum"], out["min"], out["max"]) == (3.0, 1.0, 2.0)
+        assert out["any"] == (True, False) and out["broadcast"] == {"from": 0}
+    assert rank0["to_main"].tolist() == [[0.0] * 3] * 2 + [[1.0] * 3] * 2
+    assert rank1["to_main"] is None
+    # The failing rank raises its own error; the other raises its class and message.
+    assert rank1["reward"] == ("RewardError", "reward 'x' is down")
+    assert rank0["reward"] == ("RewardError", "rank 1 failed during reward: reward 'x' is down")
+    assert rank1["bug"][0] == "KeyError"
+    assert rank0["bug"] == ("RunError", "rank 1 failed during bug: KeyError: 'k'")
 
 
 def test_a_failing_rank_is_reported_with_its_error():
