@@ -1,8 +1,8 @@
 """How one iteration's samples and trained (sample, step) pairs are laid out over ranks.
 
-World-size invariance is a design rule (docs/distributed.md): with the same recipe and seed, 1, 2
-or N processes draw the same samples, train the same (sample, step) pairs in the same optimizer
-steps and end with the same weights, up to the order of float reductions. So:
+World-size invariance is a design rule (docs/quickstart.md, "Several processes"): with the same
+recipe and seed, 1, 2 or N processes draw the same samples, train the same (sample, step) pairs in
+the same optimizer steps and end with the same weights, up to the order of float reductions. So:
 
 - every random draw is keyed by (seed, iteration, global sample index), never by rank;
 - the pairs an iteration trains on, their order and their split into optimizer steps are drawn
