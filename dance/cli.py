@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dance.errors import RewardError, UsageError
+from dance.errors import CheckpointError, RewardError, UsageError
 
 # Recent typer releases vendor click, older ones use click itself: reach the class through typer.
 _ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except RewardError as exc:
+    except (RewardError, CheckpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -22,6 +22,12 @@ class ModelLayoutError(UsageError):
     """A model directory that is missing or not in the layout a policy expects."""
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written (disk full) or read (truncated, corrupt, non-finite
+    weights): a fault the user cannot fix by editing the command; one line naming the path and
+    the cause, exit code 1."""
+
+
 class RewardError(RuntimeError):
     """A reward raised or returned a non-finite value while scoring a rollout."""
 

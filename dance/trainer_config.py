@@ -80,6 +80,12 @@ class TrainerConfig:
         10, "checkpoint every N iterations (and at the end); 0 = end only", ge=0
     )
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep", ge=1)
+    fsdp_cpu_offload: bool = option(
+        False,
+        "under torchrun on GPUs, keep the FSDP2 shards of the trained weights, their gradients "
+        "and the optimizer states in CPU memory (CPUOffloadPolicy); for models whose shards do "
+        "not fit in GPU memory, at the cost of host-device copies every step",
+    )
 
     def check(self) -> None:
         k = self.train_per_group
