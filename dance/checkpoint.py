@@ -93,8 +93,10 @@ def save_checkpoint(
     failure: BaseException | None = None
     try:
         _write(tmp, policy, training, dict(trainer_state))
-    except Exception as exc:  # every rank must learn of a failure on any rank
-        failure = exc
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # every rank must learn of a failure on any rank (DCP's
+        failure = exc  # CheckpointException is a BaseException)
     if _any_rank(failure is not None):
         if dist.is_main():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -329,19 +331,26 @@ def _guarded(path: Path, load: Callable[[], Any]) -> Any:
     """Run ``load``; any failure to read becomes one CheckpointError line naming ``path``."""
     try:
         return load()
-    except (UsageError, CheckpointError):
+    except (UsageError, CheckpointError, KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:
-        raise CheckpointError(f"cannot read {path}: {_cause(exc)}") from None
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException
+        cause = _cause(exc)
+        if path.is_dir():
+            cause = cause.replace("the file", "one of its .distcp files", 1)
+        raise CheckpointError(f"cannot read {path}: {cause}") from None
 
 
 def _cause(exc: BaseException) -> str:
     """The root cause of a failed load in a few words. torch's unpickling errors advise
     ``weights_only=False``, which would run code from the file: never repeat that advice."""
-    innermost = list(_causes(exc))[-1]
-    if any("weights_only" in str(e) or "Unpickl" in type(e).__name__ for e in _causes(exc)):
-        return "not a valid checkpoint file (corrupt, or not written by dance)"
-    return f"the file is truncated or corrupt ({_first_line(innermost)})"
+    causes = list(_causes(exc))
+    if any(isinstance(e, EOFError) for e in causes):
+        return "the file is truncated (it ends too early)"
+    for e in causes:
+        text = "" if hasattr(e, "failures") else str(e)  # a DCP wrapper quotes tracebacks
+        if "Unpickl" in type(e).__name__ or "weights_only" in text or "Weights only" in text:
+            return "the file is not a valid checkpoint (corrupt, or not written by dance)"
+    return f"the file is truncated or corrupt ({_first_line(causes[-1])})"
 
 
 def _first_line(exc: BaseException) -> str:
