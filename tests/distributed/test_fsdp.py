@@ -42,6 +42,7 @@ def assert_equal_states(a: dict, b: dict) -> None:
     assert all(torch.equal(x, y) for x, y in zip(a["ema"], b["ema"], strict=True))
 
 
+@pytest.mark.slow
 def test_full_finetune_shards_sums_gradients_and_resumes_from_one_to_two_processes(
     tiny_flux, tmp_path
 ):
@@ -50,7 +51,7 @@ def test_full_finetune_shards_sums_gradients_and_resumes_from_one_to_two_process
         "model": str(tiny_flux),
         "run_dir": str(run_dir),
         "out": str(out),
-        "policy": {"finetune": "full"},
+        "policy": {"finetune": "full", "gradient_checkpointing": True},
         "fixed_norm": True,
     }
     # One process (here): one iteration with EMA and the KL term (a frozen reference copy).
@@ -103,10 +104,14 @@ def test_full_finetune_shards_sums_gradients_and_resumes_from_one_to_two_process
         assert torch.equal(own[name], tensor), name
 
 
+@pytest.mark.slow
 def test_lora_shards_and_a_killed_checkpoint_write_resumes_at_one_process(tiny_flux, tmp_path):
     out, run_dir = tmp_path / "out", tmp_path / "run"
     common = {"model": str(tiny_flux), "run_dir": str(run_dir), "out": str(out)}
-    trainer = {"iterations": 2, "checkpoint_every": 1}
+    # Best-of-N (the best and the worst of each group of 4, padding rows on a rank without one)
+    # and the KL term (the sharded network with its adapters off) run sharded too.
+    trainer = {"iterations": 2, "checkpoint_every": 1, "group_size": 4, "train_per_group": 2}
+    trainer |= {"prompts_per_iteration": 1, "kl_coef": 0.1}
     # Rank 1 dies after writing its part of the second checkpoint, before it is renamed.
     proc = launch(2, {**common, "tag": "killed", "trainer": trainer, "kill_at": 2})
     assert proc.returncode != 0
@@ -137,6 +142,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_simulated_nodes_run_dance_and_the_lora_samples(tiny_flux, tmp_path):
     """Two torchrun invocations, one process each, meeting through a c10d rendezvous on
     127.0.0.1: what two nodes sharing a file system run."""
