@@ -6,6 +6,7 @@ The scenarios live in workers.py; a one-process side runs in this process, the s
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -17,6 +18,8 @@ import pytest
 import torch
 import workers
 from safetensors.torch import load_file
+
+from dance.errors import CheckpointError
 
 WORKERS = str(Path(__file__).with_name("workers.py"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -203,3 +206,25 @@ def test_a_corrupt_shard_on_resume_is_one_line_and_exit_code_1(tiny_flux, tmp_pa
     assert exc.value.code == 1
     assert err.startswith("error: cannot read") and str(shard.parent) in err
     assert "\n" not in err and "weights_only" not in err
+
+
+def test_a_full_disk_during_the_sharded_write_says_so_and_leaves_nothing(
+    tiny_flux, tmp_path, monkeypatch
+):
+    run_dir = tmp_path / "run"
+    trainer = workers.make_trainer(
+        {"model": str(tiny_flux), "run_dir": str(run_dir), "trainer": {"iterations": 1}}
+    )
+    trainer.iteration_done = 1
+    trainer.save()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("torch.distributed.checkpoint.filesystem._write_item", no_space)
+    trainer.iteration_done = 2
+    with pytest.raises(CheckpointError, match="the disk is full") as exc:
+        trainer.save()
+    assert "\n" not in str(exc.value)
+    root = run_dir / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["iter-000001", "latest"]
