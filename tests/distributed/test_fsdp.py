@@ -228,3 +228,18 @@ def test_a_full_disk_during_the_sharded_write_says_so_and_leaves_nothing(
     assert "\n" not in str(exc.value)
     root = run_dir / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["iter-000001", "latest"]
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_flux, tmp_path):
+    """The existing guarantee, through the sharded checkpoint format (one process): weights,
+    AdamW states, EMA, schedule and RNG all come back bit for bit."""
+    trainer = {"iterations": 2, "ema_decay": 0.9}
+    common = {"model": str(tiny_flux), "out": str(tmp_path / "out"), "trainer": trainer}
+    straight = workers.train({**common, "run_dir": str(tmp_path / "a"), "tag": "straight"})
+    first = {**common, "run_dir": str(tmp_path / "b"), "tag": "first"}
+    workers.train({**first, "trainer": {**trainer, "iterations": 1}})
+    resumed = workers.train({**first, "tag": "resumed", "resume": True})
+    assert straight["iterations"] == resumed["iterations"] == 2
+    a = torch.load(tmp_path / "out" / "straight-1.pt", weights_only=True)["end"]
+    b = torch.load(tmp_path / "out" / "resumed-1.pt", weights_only=True)["end"]
+    assert_equal_states(a, b)
