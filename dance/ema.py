@@ -1,4 +1,7 @@
-"""Exponential moving average of the trained parameters."""
+"""Exponential moving average of the trained parameters.
+
+Under FSDP2 the parameters are DTensor shards, and so is each shadow (a clone of its parameter):
+every rank averages its own shard, and checkpoints save the shadows sharded with the weights."""
 
 from __future__ import annotations
 

@@ -28,6 +28,12 @@ class RunError(RuntimeError):
     weights, another rank's failure): one line naming the cause, exit code 1."""
 
 
+class CheckpointError(RunError):
+    """A checkpoint that cannot be written (disk full) or read (truncated, corrupt, non-finite
+    weights): a fault the user cannot fix by editing the command; one line naming the path and
+    the cause, exit code 1."""
+
+
 class RewardError(RunError):
     """A reward raised or returned a non-finite value while scoring a rollout."""
 

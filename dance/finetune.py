@@ -138,7 +138,8 @@ class TrainedWeights:
         else:
             network.requires_grad_(True)
         self.network = network.to(runtime.device)
-        self.trainable = [p for p in self.network.parameters() if p.requires_grad]
+        # By name: FSDP2 sharding replaces the parameter objects but keeps their names.
+        self.trainable_names = [n for n, p in self.network.named_parameters() if p.requires_grad]
         # bf16 autocast on CUDA (as DanceGRPO); CPU runs in the weights' own dtype.
         self.autocast = runtime.device.type == "cuda"
         if self.autocast:
@@ -147,6 +148,12 @@ class TrainedWeights:
             self.compute_dtype = weights_dtype(options.finetune, runtime)
         self.reference_model: torch.nn.Module | None = None
         self.in_reference = False
+
+    @property
+    def trainable(self) -> list[torch.nn.Parameter]:
+        """The trainable parameters as they are now (DTensor shards once FSDP2 has sharded)."""
+        params = dict(self.network.named_parameters())
+        return [params[name] for name in self.trainable_names]
 
     def _add_lora(self, network: torch.nn.Module) -> None:
         from peft import LoraConfig
@@ -244,9 +251,7 @@ class TrainedWeights:
         out = Path(directory)
         main = self.runtime.rank == 0
         if not self.lora:
-            self.network.save_pretrained(
-                out / self.target.full_folder, is_main_process=main, safe_serialization=True
-            )
+            self._save_full(out / self.target.full_folder, main)
             return
         from peft.utils import get_peft_model_state_dict
 
@@ -266,6 +271,48 @@ class TrainedWeights:
             safe_serialization=True,
             **{f"{component}_lora_layers": state, f"{component}_lora_adapter_metadata": metadata},
         )
+
+    def _save_full(self, folder: Path, main: bool) -> None:
+        """The network's save_pretrained layout (config.json and safetensors shards with their
+        index), written from the full state dict gathered on rank 0, so FSDP2 shards need no
+        network-wide unshard on every rank."""
+        from huggingface_hub import split_torch_state_dict_into_shards
+        from safetensors.torch import save_file
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+        from torch.distributed.fsdp import FSDPModule
+
+        if isinstance(self.network, FSDPModule):  # every rank takes part, rank 0 gets it all
+            state = get_model_state_dict(
+                self.network, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+        else:
+            state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
+        if not main:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        self.network.save_config(folder)
+        # fully_shard swaps the class for an FSDP subclass; the config names the model's own.
+        config_file = folder / "config.json"
+        config = json.loads(config_file.read_text())
+        own = next(c for c in type(self.network).__mro__ if not issubclass(c, FSDPModule))
+        config["_class_name"] = own.__name__
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        pattern = FULL_WEIGHTS_STEM + "{suffix}.safetensors"
+        split = split_torch_state_dict_into_shards(
+            state,
+            filename_pattern=pattern,
+            max_shard_size="10GB",  # diffusers' default
+        )
+        for filename, names in split.filename_to_tensors.items():
+            shard = {name: state[name].contiguous() for name in names}
+            save_file(shard, str(folder / filename), metadata={"format": "pt"})
+        if split.is_sharded:
+            index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+            index_file = folder / f"{FULL_WEIGHTS_STEM}.safetensors.index.json"
+            index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     def load(self, directory: str | Path) -> None:
         """Load what :meth:`save` wrote, in place (optimizer references stay valid). Raises

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ import torch
 import dance.distributed as dist
 from dance.best_of_n import select_extremes
 from dance.checkpoint import (
+    TrainingState,
     latest_checkpoint,
     load_checkpoint,
+    remove_stale_temporaries,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -59,6 +62,7 @@ from dance.plots import before_after_grid, line_chart
 from dance.recipe import Recipe, RewardSpec, dumps_toml
 from dance.registry import Registry, get_registry
 from dance.run_log import RunLog, save_grid
+from dance.sharding import clip_gradients, shard_policy, sum_replicated_gradients
 
 # Streams of random draws (see dance.layout.stream_seed).
 _SDE_NOISE = 1
@@ -113,6 +117,11 @@ class GRPOTrainer:
         # Which global samples this rank holds; padding rows when the count does not divide.
         self.layout = SampleLayout(self.samples_per_iteration, rt.world_size, rt.rank)
 
+        if cfg.kl_coef > 0:  # before sharding: a full fine-tune copies its network here
+            self.policy.prepare_reference()
+        # FSDP2 under torchrun (one process wraps nothing); it replaces the parameters, so the
+        # optimizer and the EMA are built on what it leaves.
+        self.sharded = shard_policy(self.policy, rt, cpu_offload=cfg.fsdp_cpu_offload)
         self.params = self.policy.trainable_parameters()
         if not self.params:
             raise UsageError(f"policy '{recipe.policy}' has no trainable parameters.")
@@ -128,8 +137,11 @@ class GRPOTrainer:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
         self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        if cfg.kl_coef > 0:
-            self.policy.prepare_reference()
+        self.training = TrainingState(
+            self.policy.trainable_modules(), self.params, self.optimizer, self.ema
+        )
+        if dist.is_main():  # left by a checkpoint write that was killed
+            remove_stale_temporaries(self.output_dir)
 
         self.prompts = PromptSource(read_prompts(cfg.prompts), cfg.seed)
         self.iteration_done = 0
@@ -440,16 +452,14 @@ class GRPOTrainer:
         return ((out.mean - ref.mean) ** 2 / (2 * std**2)).mean(dim=dims)
 
     def _optimizer_step(self, it: int) -> float:
-        if dist.is_distributed():
-            # Each rank's loss is already divided by the global pair count: the sum over ranks
-            # is the gradient of the global mean. (FSDP's reduce-scatter, summing with gradient
-            # divide factor 1, replaces this all-reduce once the network is sharded.)
-            for p in self.params:
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+        # Each rank's loss is already divided by the global pair count, so gradients are SUMMED
+        # over ranks: FSDP2's reduce-scatter (divide factor 1) did it for the sharded ones, the
+        # parameters it does not hold are summed here. The norm is the global one, over every
+        # rank's shards, and so the same on every rank: all stop together when it is not finite.
+        sum_replicated_gradients(self.params)
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        if not torch.isfinite(norm):  # the same reduced norm on every rank: all stop together
+        norm = clip_gradients(self.params, max_norm)
+        if not math.isfinite(norm):
             raise RunError(self._diverged(it, "the gradient norm"))
         self.optimizer.step()
         self.lr_scheduler.step()
@@ -519,32 +529,28 @@ class GRPOTrainer:
         }
 
     def save(self) -> Path:
-        path = None
-        if dist.is_main():
-            path = save_checkpoint(
-                self.output_dir,
-                self.iteration_done,
-                self.policy,
-                self.trainer_state(),
-                self.cfg.keep_checkpoints,
-            )
-            if self.ema is not None:
-                with self.ema.applied():
-                    self.policy.save_trained(str(path / "ema"))
-        dist.barrier()
+        """Checkpoint on every rank: sharded weights and optimizer, trainer state, and the
+        diffusers-loadable export (see :mod:`dance.checkpoint`)."""
+        state = self.trainer_state()
+        del state["optimizer"], state["ema"]  # sharded with the weights (see save_checkpoint)
+        path = save_checkpoint(
+            self.output_dir,
+            self.iteration_done,
+            self.policy,
+            self.training,
+            state,
+            self.cfg.keep_checkpoints,
+        )
         self.last_checkpoint = path
-        return path  # type: ignore[return-value]
+        return path
 
     def resume(self) -> int:
         """Load the latest checkpoint of the output directory; returns the next iteration."""
         path = latest_checkpoint(self.output_dir)
         if path is None:
             raise UsageError(f"nothing to resume: {self.output_dir} has no checkpoints/latest.")
-        state = load_checkpoint(path, self.policy)
-        self.optimizer.load_state_dict(state["optimizer"])
+        state = load_checkpoint(path, self.policy, self.training)  # weights, optimizer, EMA
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if self.ema is not None and state["ema"]:
-            self.ema.load_state_dict(state["ema"])
         self.prompts.load_state_dict(state["prompts"])
         set_rng_state(state["rng"])
         self.iteration_done = int(state["iteration"])

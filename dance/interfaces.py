@@ -18,6 +18,7 @@ core (FLUX keeps packed tokens ``[B, S, C]``, a UNet keeps ``[B, C, H, W]``, a v
 from __future__ import annotations
 
 import contextlib
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +82,25 @@ class Prompt:
     image: torch.Tensor | None = None
 
 
+class imported_classes:  # noqa: N801 - used like a function in class bodies
+    """A class attribute holding classes of ``module`` named ``names``, imported on first read.
+
+    ``block_classes = imported_classes("diffusers.models.transformers.transformer_flux",
+    "FluxTransformerBlock")`` declares FLUX's blocks without importing diffusers when the plugin
+    loads (that import takes seconds, and most commands never shard anything).
+    """
+
+    def __init__(self, module: str, *names: str) -> None:
+        self.module, self.names = module, names
+        self._classes: tuple[type[torch.nn.Module], ...] | None = None
+
+    def __get__(self, instance: object, owner: type) -> tuple[type[torch.nn.Module], ...]:
+        if self._classes is None:
+            found = importlib.import_module(self.module)
+            self._classes = tuple(getattr(found, name) for name in self.names)
+        return self._classes
+
+
 class Policy(ABC):
     """One foundation model: encodes prompts, predicts model outputs, decodes latents to pixels.
 
@@ -91,6 +111,11 @@ class Policy(ABC):
     config_class: ClassVar[type]
     modality: ClassVar[Modality]
     prediction_type: ClassVar[PredictionType]
+    # The transformer block classes of the trained network (FLUX's double- and single-stream
+    # blocks, a UNet's down/mid/up blocks): the units FSDP2 shards one by one under torchrun, and
+    # what gradient checkpointing recomputes. Empty: the network is sharded as one unit.
+    # A plugin may declare them with :class:`imported_classes` to keep its import light.
+    block_classes: ClassVar[tuple[type[torch.nn.Module], ...]] = ()
 
     def __init__(self, config: Any, runtime: Runtime) -> None:
         self.config = config
@@ -146,7 +171,10 @@ class Policy(ABC):
         """Switch the trainable network between training and evaluation mode."""
 
     def trainable_modules(self) -> list[torch.nn.Module]:
-        """Modules holding the trainable parameters (for FSDP and mode switches)."""
+        """Modules holding the trainable parameters: FSDP2 shards them under torchrun (each of
+        their :attr:`block_classes` blocks, then the module), and checkpoints save their trained
+        weights and optimizer states with ``torch.distributed.checkpoint``. A policy that names
+        none keeps its parameters replicated on every rank."""
         return []
 
 

@@ -104,6 +104,12 @@ class TrainerConfig:
         "whole multi-process job fails; a rank that raises stops the job at once regardless",
         gt=0,
     )
+    fsdp_cpu_offload: bool = option(
+        False,
+        "under torchrun on GPUs, keep the FSDP2 shards of the trained weights, their gradients "
+        "and the optimizer states in CPU memory (CPUOffloadPolicy); for models whose shards do "
+        "not fit in GPU memory, at the cost of host-device copies every step",
+    )
 
     def check(self) -> None:
         k = self.train_per_group

@@ -25,7 +25,7 @@ from dance.finetune import (
     lora_alpha_option,
     lora_rank_option,
 )
-from dance.interfaces import Conditioning, Prompt, Runtime
+from dance.interfaces import Conditioning, Prompt, Runtime, imported_classes
 from dance.model_layout import transformers_dtype
 from dance.offload import FrozenOffload
 from dance_flux.layout import resolve_model
@@ -128,6 +128,11 @@ class FluxPolicy(FinetunedPolicy):
     # LoRA saves through FluxPipeline.save_lora_weights (its load_lora_weights reads it back); a
     # full fine-tune is transformer/, a FluxTransformer2DModel.
     trained_network = TrainedNetwork(component="transformer", pipeline="FluxPipeline", model="FLUX")
+    block_classes = imported_classes(
+        "diffusers.models.transformers.transformer_flux",
+        "FluxTransformerBlock",
+        "FluxSingleTransformerBlock",
+    )
 
     def __init__(self, config: FluxConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)

@@ -29,7 +29,7 @@ from dance.finetune import (
     lora_alpha_option,
     lora_rank_option,
 )
-from dance.interfaces import Conditioning, Prompt, Runtime
+from dance.interfaces import Conditioning, Prompt, Runtime, imported_classes
 from dance.model_layout import transformers_dtype
 from dance.offload import FrozenOffload
 from dance_hunyuan_video.layout import resolve_model, resolve_transformer, transformer_config
@@ -162,6 +162,14 @@ class HunyuanFamilyPolicy(FinetunedPolicy):
     # HunyuanVideoTransformer3DModel.
     trained_network = TrainedNetwork(
         component="transformer", pipeline="HunyuanVideoPipeline", model="HunyuanVideo"
+    )
+    block_classes = imported_classes(
+        "diffusers.models.transformers.transformer_hunyuan_video",
+        "HunyuanVideoTransformerBlock",
+        "HunyuanVideoSingleTransformerBlock",
+        "HunyuanVideoTokenReplaceTransformerBlock",
+        "HunyuanVideoTokenReplaceSingleTransformerBlock",
+        "HunyuanVideoIndividualTokenRefinerBlock",
     )
 
     def __init__(self, config: HunyuanCommonConfig, runtime: Runtime) -> None:

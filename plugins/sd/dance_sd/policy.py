@@ -28,7 +28,7 @@ from dance.finetune import (
     lora_alpha_option,
     lora_rank_option,
 )
-from dance.interfaces import Conditioning, Prompt, Runtime
+from dance.interfaces import Conditioning, Prompt, Runtime, imported_classes
 from dance.model_layout import transformers_dtype
 from dance.offload import FrozenOffload
 from dance_sd.layout import resolve_model
@@ -108,6 +108,14 @@ class SDPolicy(FinetunedPolicy):
     # back); a full fine-tune is unet/, a UNet2DConditionModel.
     trained_network = TrainedNetwork(
         component="unet", pipeline="StableDiffusionPipeline", model="Stable Diffusion", label="UNet"
+    )
+    block_classes = imported_classes(
+        "diffusers.models.unets.unet_2d_blocks",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+        "UNetMidBlock2DCrossAttn",
+        "CrossAttnUpBlock2D",
+        "UpBlock2D",
     )
 
     def __init__(self, config: SDConfig, runtime: Runtime) -> None:
