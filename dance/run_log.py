@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dance.media import frame_indices
-from dance.tensorboard import EventWriter
+from dance.tensorboard import EventWriter, truncate_events
 from dance.video_io import DEFAULT_FPS, write_mp4
 
 
@@ -75,13 +76,36 @@ def save_grid(
     return written
 
 
+def cut_metrics(path: Path, iteration: int) -> int:
+    """Keep the lines of metrics.jsonl for iterations before ``iteration``; returns how many
+    were dropped. A line a killed process left half-written is dropped too. The file is replaced
+    atomically."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn last line of a killed write
+        if isinstance(record, dict) and record.get("iteration", iteration) < iteration:
+            kept.append(line)
+    if len(kept) == len(lines):
+        return 0
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
 class RunLog:
     """Per-iteration metrics to metrics.jsonl and TensorBoard, and a rich progress bar."""
 
     def __init__(self, output_dir: Path, iterations: int, enabled: bool, progress: bool) -> None:
         self.output_dir = output_dir
         self.enabled = enabled
-        self.events = EventWriter(str(output_dir / "tensorboard")) if enabled else None
+        self.events = EventWriter(output_dir / "tensorboard") if enabled else None
         self.metrics_path = output_dir / "metrics.jsonl"
         self.progress = None
         if enabled and progress:
@@ -106,6 +130,13 @@ class RunLog:
             self.progress.start()
 
     def start_at(self, iteration: int) -> None:
+        """The run continues at ``iteration`` (0, or the resumed checkpoint's): drop what earlier
+        attempts logged for ``iteration`` and later, which are about to run again, so that
+        metrics.jsonl and TensorBoard hold every iteration once."""
+        if self.enabled:
+            cut_metrics(self.metrics_path, iteration)
+            assert self.events is not None
+            truncate_events(self.output_dir / "tensorboard", iteration, keep=self.events.path)
         if self.progress is not None:
             self.progress.update(self.task, completed=iteration)
 
