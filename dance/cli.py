@@ -14,6 +14,14 @@ from typing import Annotated, Any
 import typer
 
 from dance.errors import RewardError, UsageError
+from dance.run_folders import (
+    LATEST,
+    RUNS_ROOT,
+    choose_run_dir,
+    latest_run,
+    remove_if_unused,
+    resolve_run_dir,
+)
 
 # Recent typer releases vendor click, older ones use click itself: reach the class through typer.
 _ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -74,11 +82,18 @@ def run(
         list[str] | None,
         typer.Option(help="NAME[.COMPONENT][:WEIGHT]; repeat for several rewards"),
     ] = None,
-    output_dir: Annotated[Path, typer.Option(help="where the run writes everything")] = Path(
-        "runs/latest"
-    ),
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="where the run writes everything (default: a new folder "
+            "runs/<date>_<time>_<recipe>, and runs/latest points at it)"
+        ),
+    ] = None,
     resume: Annotated[
-        bool, typer.Option(help="continue the run in --output-dir from its latest checkpoint")
+        bool,
+        typer.Option(
+            help="continue the run in --output-dir (default: runs/latest) from its last checkpoint"
+        ),
     ] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto)")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
@@ -90,10 +105,21 @@ def run(
 
     _quiet_libraries()
     registry = get_registry()
-    if resume and recipe is None and (output_dir / "config.toml").is_file():
+    new_folder = output_dir is None and not resume
+    if output_dir is not None:
+        output_dir = resolve_run_dir(output_dir)
+    elif resume:
+        output_dir = latest_run(RUNS_ROOT)
+        if output_dir is None:
+            raise UsageError(
+                f"nothing to resume: {RUNS_ROOT / LATEST} does not lead to a run; pass "
+                "--output-dir with the run's folder."
+            )
+    # Without --output-dir and --resume, a new run folder is chosen once the recipe is valid.
+    if resume and recipe is None and output_dir and (output_dir / "config.toml").is_file():
         # Resuming takes the run's own resolved config; overrides still apply on top.
         recipe = str(output_dir / "config.toml")
-    elif not resume and (output_dir / "checkpoints" / "latest").is_file():
+    elif not resume and output_dir and (output_dir / "checkpoints" / "latest").is_file():
         raise UsageError(
             f"{output_dir} already holds a run; pass --resume to continue it, or choose another "
             "--output-dir."
@@ -103,13 +129,23 @@ def run(
     raw = _raw_recipe(recipe, policy, model, sampler, reward, overrides)
     resolved = resolve(raw, registry)
     _init_distributed()
+    import dance.distributed as dist
     from dance.interfaces import Runtime
 
-    trainer = GRPOTrainer(
-        resolved, output_dir, runtime=Runtime.auto(device), registry=registry, progress=progress
-    )
-    summary = trainer.run(resume=resume)
-    import dance.distributed as dist
+    previous = None
+    if output_dir is None:
+        output_dir, previous = choose_run_dir(recipe, resolved.policy)
+        if dist.is_main():
+            typer.echo(f"run folder: {output_dir} ({RUNS_ROOT / LATEST} points at it)")
+    try:
+        trainer = GRPOTrainer(
+            resolved, output_dir, runtime=Runtime.auto(device), registry=registry, progress=progress
+        )
+        summary = trainer.run(resume=resume)
+    except BaseException:
+        if new_folder and dist.is_main():  # a run that failed at once leaves no empty folder
+            remove_if_unused(output_dir, RUNS_ROOT, previous)
+        raise
 
     if not dist.is_main():
         return
