@@ -6,9 +6,13 @@ exits with code 2; a reward failure during a run exits with code 1 after saying 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -96,7 +100,10 @@ def run(
         ),
     ] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto)")] = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    progress: Annotated[
+        bool,
+        typer.Option(help="show progress: a bar on a terminal, else one plain line per iteration"),
+    ] = True,
 ) -> None:
     """Train a policy with GRPO against one or more rewards."""
     from dance.grpo import GRPOTrainer
@@ -138,22 +145,63 @@ def run(
         if dist.is_main():
             typer.echo(f"run folder: {output_dir} ({RUNS_ROOT / LATEST} points at it)")
     try:
-        trainer = GRPOTrainer(
-            resolved, output_dir, runtime=Runtime.auto(device), registry=registry, progress=progress
-        )
-        summary = trainer.run(resume=resume)
+        with _sigterm_stops_like_ctrl_c():
+            trainer = GRPOTrainer(
+                resolved,
+                output_dir,
+                runtime=Runtime.auto(device),
+                registry=registry,
+                progress=progress,
+            )
+            summary = trainer.run(resume=resume)
     except BaseException:
         if new_folder and dist.is_main():  # a run that failed at once leaves no empty folder
             remove_if_unused(output_dir, RUNS_ROOT, previous)
         raise
+    if dist.is_main():
+        _print_summary(summary, output_dir)
+    if summary["interrupted"]:  # stopped early, with a checkpoint: not a success for scripts
+        raise typer.Exit(_interrupted_exit_code())
 
-    if not dist.is_main():
+
+# Exit codes of a stopped run, as a shell reports a process killed by the signal: 128 + number.
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+_received_sigterm = False
+
+
+def _interrupted_exit_code() -> int:
+    return EXIT_SIGTERM if _received_sigterm else EXIT_SIGINT
+
+
+@contextlib.contextmanager
+def _sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM (`kill`, a scheduler's time limit, `docker stop`) acts as Ctrl-C does: the first
+    finishes the iteration, saves a checkpoint and stops; a second stops at once."""
+    global _received_sigterm
+    _received_sigterm = False
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        global _received_sigterm
+        _received_sigterm = True
+        on_ctrl_c = signal.getsignal(signal.SIGINT)
+        if not callable(on_ctrl_c):  # SIGINT ignored (a background job): stop at once
+            raise KeyboardInterrupt
+        on_ctrl_c(signal.SIGINT, frame)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
         return
-    _print_summary(summary, output_dir)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_summary(summary: dict[str, Any], output_dir: Path) -> None:
-    what = "stopped by Ctrl-C" if summary["interrupted"] else "finished"
+    stopped_by = "SIGTERM" if _received_sigterm else "Ctrl-C"
+    what = f"stopped by {stopped_by}" if summary["interrupted"] else "finished"
     typer.echo(
         f"{what} after {summary['iterations']} iterations; checkpoint: {summary['checkpoint']}"
     )
@@ -399,8 +447,8 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        typer.echo("terminated" if _received_sigterm else "interrupted", err=True)
+        sys.exit(_interrupted_exit_code())
 
 
 if __name__ == "__main__":
