@@ -104,11 +104,20 @@ def run(
         bool,
         typer.Option(help="show progress: a bar on a terminal, else one plain line per iteration"),
     ] = True,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads for torch (default: OMP_NUM_THREADS if set, else on the CPU half "
+            "the CPUs, at least 1; see docs/performance.md)",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Train a policy with GRPO against one or more rewards."""
     from dance.grpo import GRPOTrainer
     from dance.recipe import resolve
     from dance.registry import get_registry
+    from dance.threads import use_threads
 
     _quiet_libraries()
     registry = get_registry()
@@ -146,12 +155,12 @@ def run(
             typer.echo(f"run folder: {output_dir} ({RUNS_ROOT / LATEST} points at it)")
     try:
         with _sigterm_stops_like_ctrl_c():
+            runtime = Runtime.auto(device)
+            described = use_threads(threads, runtime.device)
+            if dist.is_main() and runtime.device.type == "cpu":
+                typer.echo(f"device: cpu, {described}")
             trainer = GRPOTrainer(
-                resolved,
-                output_dir,
-                runtime=Runtime.auto(device),
-                registry=registry,
-                progress=progress,
+                resolved, output_dir, runtime=runtime, registry=registry, progress=progress
             )
             summary = trainer.run(resume=resume)
     except BaseException:
@@ -274,6 +283,14 @@ def sample(
         list[str] | None,
         typer.Option(help="with --best-of: NAME[.COMPONENT][:WEIGHT]; repeat to combine rewards"),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads for torch (default: OMP_NUM_THREADS if set, else on the CPU half "
+            "the CPUs, at least 1; see docs/performance.md)",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Generate images from a base model, optionally with trained weights (and Best-of-N)."""
     from dance.best_of_n import sample_best_of_n
@@ -288,6 +305,7 @@ def sample(
         resolve_reward,
     )
     from dance.registry import get_registry
+    from dance.threads import use_threads
 
     _quiet_libraries()
     registry = get_registry()
@@ -317,6 +335,7 @@ def sample(
     if not entries:
         raise UsageError("no prompt given: pass --prompt TEXT or --prompts-file FILE.")
     runtime = Runtime.auto(device)
+    use_threads(threads, runtime.device)
     policy_cls = registry.get("policy", policy_name)
     policy_obj = policy_cls(build(policy_cls.config_class, raw["policy"], "policy."), runtime)
     if not sampler:
