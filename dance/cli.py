@@ -45,6 +45,16 @@ Overrides = Annotated[
 ]
 
 
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else on the CPU half the "
+        "CPUs, at least 1; see docs/performance.md)",
+        min=1,
+    ),
+]
+
+
 def _raw_recipe(
     recipe: str | None,
     policy: str | None,
@@ -104,14 +114,7 @@ def run(
         bool,
         typer.Option(help="show progress: a bar on a terminal, else one plain line per iteration"),
     ] = True,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            help="CPU threads for torch (default: OMP_NUM_THREADS if set, else on the CPU half "
-            "the CPUs, at least 1; see docs/performance.md)",
-            min=1,
-        ),
-    ] = None,
+    threads: Threads = None,
 ) -> None:
     """Train a policy with GRPO against one or more rewards."""
     from dance.grpo import GRPOTrainer
@@ -283,14 +286,7 @@ def sample(
         list[str] | None,
         typer.Option(help="with --best-of: NAME[.COMPONENT][:WEIGHT]; repeat to combine rewards"),
     ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            help="CPU threads for torch (default: OMP_NUM_THREADS if set, else on the CPU half "
-            "the CPUs, at least 1; see docs/performance.md)",
-            min=1,
-        ),
-    ] = None,
+    threads: Threads = None,
 ) -> None:
     """Generate images from a base model, optionally with trained weights (and Best-of-N)."""
     from dance.best_of_n import sample_best_of_n
