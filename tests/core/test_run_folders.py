@@ -60,6 +60,8 @@ def test_two_runs_in_a_row_then_resume_and_sample(in_tmp, capsys):
     assert (in_tmp / "runs" / second / "checkpoints" / "latest").read_text() == "iter-000002"
     assert (in_tmp / "runs" / first / "checkpoints" / "latest").read_text() == "iter-000001"
     assert run_folders(in_tmp) == [first, second]  # resuming makes no new folder
+    code, out, err = run_cli(["run", "--resume", "--no-progress"], capsys)  # already finished
+    assert code == 0 and "finished after 2 iterations" in out, err
 
     code, out, err = run_cli(["sample", "--lora", "runs/latest", "--prompt", "a cat"], capsys)
     assert code == 0, err
