@@ -16,6 +16,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from dance.errors import UsageError
+
 RUNS_ROOT = Path("runs")
 LATEST = "latest"
 
@@ -132,8 +134,14 @@ def choose_run_dir(
     previous = None
     if dist.is_main():
         previous = latest_run(root)
-        run_dir = new_run_dir(root, run_label(recipe, policy))
-        moved = point_latest(root, run_dir)
+        try:
+            run_dir = new_run_dir(root, run_label(recipe, policy))
+            moved = point_latest(root, run_dir)
+        except OSError as exc:  # read-only, a file in the way, disk full
+            raise UsageError(
+                f"cannot make a run folder in {root}: {exc.strerror or exc}; run from a writable "
+                "folder or pass --output-dir."
+            ) from None
         if moved != run_dir:
             previous = moved
             print(f"note: the run that was in {root / LATEST} is now in {moved}", file=sys.stderr)

@@ -201,3 +201,10 @@ def test_ranks_share_one_folder(tmp_path):
     assert [p.name for p in (tmp_path / "runs").iterdir() if p.name != "latest"] == [
         os.path.basename(got[0])
     ]
+
+
+def test_runs_that_is_a_file_is_one_line(in_tmp, capsys):
+    (in_tmp / "runs").write_text("not a folder")
+    code, _, err = run_cli(RUN, capsys)
+    assert code == 2 and "cannot make a run folder in runs" in err and "--output-dir" in err
+    assert len(err.strip().splitlines()) == 1
