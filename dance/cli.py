@@ -1,7 +1,9 @@
 """The `dance` command: run GRPO, sample from a trained policy, list plugins.
 
 A user mistake (an unknown name, a missing file, an out-of-range value) is printed as one line and
-exits with code 2; a reward failure during a run exits with code 1 after saying which reward failed.
+exits with code 2; a reward failure during a run exits with code 1 after saying which reward failed;
+a run stopped by Ctrl-C exits with 130, by SIGTERM with 143, after saving a checkpoint (the table
+in docs/quickstart.md).
 """
 
 from __future__ import annotations
