@@ -16,13 +16,6 @@ from dance.threads import choose_threads, use_threads
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 def test_precedence(monkeypatch):
     monkeypatch.setattr(dance.threads, "available_cpus", lambda: 8)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
