@@ -16,6 +16,14 @@ from typing import Annotated, Any
 import typer
 
 from dance.errors import RunError, UsageError
+from dance.run_folders import (
+    LATEST,
+    RUNS_ROOT,
+    choose_run_dir,
+    latest_run,
+    remove_if_unused,
+    resolve_run_dir,
+)
 
 # Recent typer releases vendor click, older ones use click itself: reach the class through typer.
 _ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -32,6 +40,16 @@ DEFAULT_RECIPE = "demo"
 Overrides = Annotated[
     list[str] | None,
     typer.Argument(help="key=value overrides of any config field, e.g. trainer.group_size=8"),
+]
+
+
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else on the CPU half the "
+        "CPUs, at least 1; see docs/performance.md)",
+        min=1,
+    ),
 ]
 
 
@@ -76,26 +94,49 @@ def run(
         list[str] | None,
         typer.Option(help="NAME[.COMPONENT][:WEIGHT]; repeat for several rewards"),
     ] = None,
-    output_dir: Annotated[Path, typer.Option(help="where the run writes everything")] = Path(
-        "runs/latest"
-    ),
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="where the run writes everything (default: a new folder "
+            "runs/<date>_<time>_<recipe>, and runs/latest points at it)"
+        ),
+    ] = None,
     resume: Annotated[
-        bool, typer.Option(help="continue the run in --output-dir from its latest checkpoint")
+        bool,
+        typer.Option(
+            help="continue the run in --output-dir (default: runs/latest) from its last checkpoint"
+        ),
     ] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto)")] = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    progress: Annotated[
+        bool,
+        typer.Option(help="show progress: a bar on a terminal, else one plain line per iteration"),
+    ] = True,
+    threads: Threads = None,
 ) -> None:
     """Train a policy with GRPO against one or more rewards."""
     from dance.grpo import GRPOTrainer
     from dance.recipe import resolve
     from dance.registry import get_registry
+    from dance.threads import use_threads
 
     _quiet_libraries()
     registry = get_registry()
-    if resume and recipe is None and (output_dir / "config.toml").is_file():
+    new_folder = output_dir is None and not resume
+    if output_dir is not None:
+        output_dir = resolve_run_dir(output_dir)
+    elif resume:
+        output_dir = latest_run(RUNS_ROOT)
+        if output_dir is None:
+            raise UsageError(
+                f"nothing to resume: {RUNS_ROOT / LATEST} does not lead to a run; pass "
+                "--output-dir with the run's folder."
+            )
+    # Without --output-dir and --resume, a new run folder is chosen once the recipe is valid.
+    if resume and recipe is None and output_dir and (output_dir / "config.toml").is_file():
         # Resuming takes the run's own resolved config; overrides still apply on top.
         recipe = str(output_dir / "config.toml")
-    elif not resume and (output_dir / "checkpoints" / "latest").is_file():
+    elif not resume and output_dir and (output_dir / "checkpoints" / "latest").is_file():
         raise UsageError(
             f"{output_dir} already holds a run; pass --resume to continue it, or choose another "
             "--output-dir."
@@ -108,10 +149,24 @@ def run(
     import dance.distributed as dist
     from dance.interfaces import Runtime
 
-    trainer = GRPOTrainer(
-        resolved, output_dir, runtime=Runtime.auto(device), registry=registry, progress=progress
-    )
-    summary = trainer.run(resume=resume)
+    previous = None
+    if output_dir is None:
+        output_dir, previous = choose_run_dir(recipe, resolved.policy)
+        if dist.is_main():
+            typer.echo(f"run folder: {output_dir} ({RUNS_ROOT / LATEST} points at it)")
+    try:
+        runtime = Runtime.auto(device)
+        described = use_threads(threads, runtime.device)
+        if dist.is_main() and runtime.device.type == "cpu":
+            typer.echo(f"device: cpu, {described}")
+        trainer = GRPOTrainer(
+            resolved, output_dir, runtime=runtime, registry=registry, progress=progress
+        )
+        summary = trainer.run(resume=resume)
+    except BaseException:
+        if new_folder and dist.is_main():  # a run that failed at once leaves no empty folder
+            remove_if_unused(output_dir, RUNS_ROOT, previous)
+        raise
     if dist.is_main():
         _print_summary(summary, output_dir)
     dist.shutdown()
@@ -194,6 +249,7 @@ def sample(
         list[str] | None,
         typer.Option(help="with --best-of: NAME[.COMPONENT][:WEIGHT]; repeat to combine rewards"),
     ] = None,
+    threads: Threads = None,
 ) -> None:
     """Generate images from a base model, optionally with trained weights (and Best-of-N)."""
     from dance.best_of_n import sample_best_of_n
@@ -208,6 +264,7 @@ def sample(
         resolve_reward,
     )
     from dance.registry import get_registry
+    from dance.threads import use_threads
 
     _quiet_libraries()
     registry = get_registry()
@@ -237,6 +294,7 @@ def sample(
     if not entries:
         raise UsageError("no prompt given: pass --prompt TEXT or --prompts-file FILE.")
     runtime = Runtime.auto(device)
+    use_threads(threads, runtime.device)
     policy_cls = registry.get("policy", policy_name)
     policy_obj = policy_cls(build(policy_cls.config_class, raw["policy"], "policy."), runtime)
     if not sampler:

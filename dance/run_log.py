@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import os
+import sys
+import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
+from rich.console import Console, RenderableType
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from dance.media import frame_indices
-from dance.tensorboard import EventWriter
+from dance.tensorboard import EventWriter, truncate_events
 from dance.video_io import DEFAULT_FPS, write_mp4
 
 
@@ -75,39 +90,92 @@ def save_grid(
     return written
 
 
-class RunLog:
-    """Per-iteration metrics to metrics.jsonl and TensorBoard, and a rich progress bar."""
+def cut_metrics(path: Path, iteration: int) -> int:
+    """Keep the lines of metrics.jsonl for iterations before ``iteration``; returns how many
+    were dropped. A line a killed process left half-written is dropped too. The file is replaced
+    atomically."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn last line of a killed write
+        if isinstance(record, dict) and record.get("iteration", iteration) < iteration:
+            kept.append(line)
+    if len(kept) == len(lines):
+        return 0
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
 
-    def __init__(self, output_dir: Path, iterations: int, enabled: bool, progress: bool) -> None:
+
+PLAIN_EVERY_S = 3.0  # without a terminal: at most one line per this many seconds, and the last
+
+
+def is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or already closed
+        return False
+
+
+class RunLog:
+    """Per-iteration metrics to metrics.jsonl and TensorBoard, and progress for the user.
+
+    With ``progress``: on a terminal, a progress bar with the headline (each reward's mean and
+    the seconds per iteration) on its own row above it, so a narrow terminal wraps it instead of
+    cutting it; otherwise (CI, nohup, a SLURM log) one plain, flushed line per iteration, or one
+    every :data:`PLAIN_EVERY_S` seconds when iterations are faster, always including the last.
+    """
+
+    def __init__(
+        self,
+        output_dir: Path,
+        iterations: int,
+        enabled: bool,
+        progress: bool,
+        stream: TextIO | None = None,
+        plain_every_s: float = PLAIN_EVERY_S,
+    ) -> None:
         self.output_dir = output_dir
         self.enabled = enabled
-        self.events = EventWriter(str(output_dir / "tensorboard")) if enabled else None
+        self.iterations = iterations
+        self.events = EventWriter(output_dir / "tensorboard") if enabled else None
         self.metrics_path = output_dir / "metrics.jsonl"
+        self.stream = stream if stream is not None else sys.stdout
+        self.plain = enabled and progress and not is_terminal(self.stream)
+        self.plain_every_s = plain_every_s
+        self._started = time.monotonic()
+        self._last_line_at: float | None = None
+        self._unprinted: str | None = None  # the newest plain line, if it was held back
         self.progress = None
-        if enabled and progress:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(
-                TextColumn("[bold]GRPO"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            self.task = self.progress.add_task("grpo", total=iterations, status="")
+        if enabled and progress and not self.plain:
+            self.progress = _HeadlineProgress.create(iterations, self.stream)
+            self.task = self.progress.task_ids[0]
             self.progress.start()
 
     def start_at(self, iteration: int) -> None:
+        """The run continues at ``iteration`` (0, or the resumed checkpoint's): drop what earlier
+        attempts logged for ``iteration`` and later, which are about to run again, so that
+        metrics.jsonl and TensorBoard hold every iteration once."""
+        if self.enabled:
+            cut_metrics(self.metrics_path, iteration)
+            assert self.events is not None
+            truncate_events(self.output_dir / "tensorboard", iteration, keep=self.events.path)
         if self.progress is not None:
             self.progress.update(self.task, completed=iteration)
+        self._started = time.monotonic()
+        if self.plain:
+            todo = self.iterations - iteration
+            resumed = f", resuming after iteration {iteration}" if iteration else ""
+            self._print(f"GRPO: {todo} of {self.iterations} iterations to run{resumed}")
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
 
     def log(self, iteration: int, metrics: dict[str, Any], headline: str) -> None:
         if not self.enabled:
@@ -120,12 +188,54 @@ class RunLog:
                 self.events.add_scalar(key, float(value), iteration)
         self.events.flush()
         if self.progress is not None:
-            self.progress.update(self.task, completed=iteration + 1, status=headline)
+            self.progress.headline = headline
+            self.progress.update(self.task, completed=iteration + 1)
+        if self.plain:
+            self._plain_line(iteration, headline)
+
+    def _plain_line(self, iteration: int, headline: str) -> None:
+        now = time.monotonic()
+        elapsed = datetime.timedelta(seconds=round(now - self._started))
+        line = f"iteration {iteration + 1}/{self.iterations}  {headline}  elapsed {elapsed}"
+        due = self._last_line_at is None or now - self._last_line_at >= self.plain_every_s
+        if due or iteration + 1 >= self.iterations:
+            self._print(line)
+            self._last_line_at, self._unprinted = now, None
+        else:
+            self._unprinted = line
 
     def close(self) -> None:
+        if self._unprinted is not None:  # stopped early: the last iteration still gets its line
+            self._print(self._unprinted)
+            self._unprinted = None
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
         if self.events is not None:
             self.events.close()
             self.events = None
+
+
+class _HeadlineProgress(Progress):
+    """A rich progress bar with the headline on its own row above the bar, wrapped rather than
+    cut to "…" when the terminal is narrow."""
+
+    headline = ""
+
+    @classmethod
+    def create(cls, iterations: int, stream: TextIO) -> _HeadlineProgress:
+        progress = cls(
+            TextColumn("[bold]GRPO"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=stream),
+        )
+        progress.add_task("grpo", total=iterations)
+        return progress
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        if self.headline:
+            yield Text(self.headline, overflow="fold")
+        yield self.make_tasks_table(self.tasks)

@@ -174,3 +174,101 @@ class EventWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- cutting a run's events back on resume --------------------------------------------------------
+
+
+def read_records(path: str | os.PathLike[str]) -> list[bytes]:
+    """The data of every complete TFRecord in ``path``, in order.
+
+    Reading stops at the first record that is cut short or fails its CRC: that is the tail a killed
+    writer leaves, and nothing after it can be framed reliably.
+    """
+    with open(path, "rb") as f:
+        blob = f.read()
+    records, pos = [], 0
+    while pos + 12 <= len(blob):
+        header = blob[pos : pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        (header_crc,) = struct.unpack("<I", blob[pos + 8 : pos + 12])
+        end = pos + 12 + length
+        if header_crc != masked_crc32c(header) or end + 4 > len(blob):
+            break
+        data = blob[pos + 12 : end]
+        if struct.unpack("<I", blob[end : end + 4])[0] != masked_crc32c(data):
+            break
+        records.append(data)
+        pos = end + 4
+    return records
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def event_step(event: bytes) -> tuple[int, bool]:
+    """The ``step`` (field 2; 0 when absent, as proto3 reads it) of a serialized Event, and
+    whether it carries a summary (field 5) rather than being the file_version header."""
+    pos, step, has_summary = 0, 0, False
+    while pos < len(event):
+        key, pos = _read_varint(event, pos)
+        field, wire_type = key >> 3, key & 7
+        if wire_type == _VARINT:
+            value, pos = _read_varint(event, pos)
+            if field == 2:
+                step = value - (1 << 64) if value >= 1 << 63 else value  # int64
+        elif wire_type == _FIXED64:
+            pos += 8
+        elif wire_type == _FIXED32:
+            pos += 4
+        elif wire_type == _LENGTH:
+            length, pos = _read_varint(event, pos)
+            pos += length
+            has_summary = has_summary or field == 5
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire_type} in a TensorBoard event")
+    return step, has_summary
+
+
+def _cut(record: bytes, step: int) -> bool:
+    at, has_summary = event_step(record)
+    return has_summary and at >= step
+
+
+def truncate_events(logdir: str | os.PathLike[str], step: int, keep: str | None = None) -> int:
+    """Remove every summary event with ``step >= step`` from the event files in ``logdir``.
+
+    On resume from a checkpoint of iteration ``step`` the iterations from ``step`` on run again;
+    without this cut, TensorBoard readers that do not apply purge markers would show those steps
+    twice. Each file is rewritten to a temporary file and renamed over the original, so a crash
+    leaves either the old or the new file. ``keep`` (a path) is a file not to touch, such as the
+    one the current writer has open. Returns the number of events removed.
+    """
+    removed = 0
+    if not os.path.isdir(logdir):
+        return 0
+    for name in sorted(os.listdir(logdir)):
+        path = os.path.join(os.fspath(logdir), name)
+        if "tfevents" not in name or not os.path.isfile(path):
+            continue
+        if keep is not None and os.path.abspath(path) == os.path.abspath(keep):
+            continue
+        records = read_records(path)
+        kept = [r for r in records if not _cut(r, step)]
+        size = sum(len(tfrecord(r)) for r in records)
+        if len(kept) == len(records) and size == os.path.getsize(path):
+            continue  # nothing to cut and no torn tail
+        removed += len(records) - len(kept)
+        tmp = os.path.join(os.fspath(logdir), f".cut-{os.getpid()}")  # no "tfevents": unread
+        with open(tmp, "wb") as f:
+            f.write(b"".join(tfrecord(r) for r in kept))
+        os.replace(tmp, path)
+    return removed
