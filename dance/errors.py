@@ -1,7 +1,8 @@
 """Errors that carry a message meant for the user.
 
-The CLI turns a :class:`UsageError` into one line on stderr and exit code 2; anything else is a bug
-and keeps its traceback.
+The CLI turns a :class:`UsageError` into one line on stderr and exit code 2, a :class:`FileFault`
+(and an ``OSError`` such as a full disk) into one line and exit code 1; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ class ConfigError(UsageError):
 
 class ModelLayoutError(UsageError):
     """A model directory that is missing or not in the layout a policy expects."""
+
+
+class FileFault(RuntimeError):
+    """A fault the user cannot fix by editing the command: a corrupt or truncated file, weights
+    that are not finite, a full disk, a permission denied. One line naming the path and the
+    cause, exit code 1."""
 
 
 class RewardError(RuntimeError):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from dance.errors import ModelLayoutError
+from dance.errors import FileFault, ModelLayoutError
+from dance.files import check_finite, first_line
 
 
 def cached_hub_file(repo_id: str, filenames: Iterable[str]) -> Path | None:
@@ -72,18 +73,23 @@ def load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
         try:
             state = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
-            raise ModelLayoutError(
-                f"{what} '{path}' is not a readable safetensors file: {exc}"
-            ) from exc
+            raise FileFault(
+                f"{what} '{path}' is corrupt or truncated: not a readable safetensors file"
+                f" ({first_line(exc)})."
+            ) from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except pickle.UnpicklingError as exc:  # weights_only refused a pickled object
             raise ModelLayoutError(
-                f"{what} '{path}' does not load with torch.load(weights_only=True) ({first}); "
-                "use a plain tensor checkpoint or .safetensors (pickled objects are refused)."
-            ) from exc
+                f"{what} '{path}' holds pickled Python objects, which dance refuses to load"
+                f" ({first_line(exc)}); use a plain tensor checkpoint or .safetensors."
+            ) from None
+        except (RuntimeError, EOFError, ValueError, OSError) as exc:
+            raise FileFault(
+                f"{what} '{path}' is corrupt or truncated: torch.load cannot read it"
+                f" ({first_line(exc)})."
+            ) from None
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not state:
@@ -91,6 +97,7 @@ def load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     bad = [k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise ModelLayoutError(f"{what} '{path}' has non-tensor entries, e.g. {bad[0]!r}.")
+    check_finite(state.items(), f"{what} '{path}'")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)

@@ -23,9 +23,9 @@ ImageReward's training script does when distributed) has every key prefixed with
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +33,8 @@ from typing import Any
 
 import torch
 
-from dance.errors import ModelLayoutError
+from dance.errors import FileFault, ModelLayoutError
+from dance.files import check_finite, first_line, read_json
 
 CHECKPOINT_FILE = "ImageReward.pt"
 SAFETENSORS_FILE = "ImageReward.safetensors"
@@ -208,10 +209,9 @@ def text_config(med: Mapping[str, Any], encoder_width: int, where: str = MED_CON
 
 
 def read_med_config(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelLayoutError(f"cannot read the ImageReward med config {path}: {err}") from None
+    if not path.is_file():
+        raise ModelLayoutError(f"the ImageReward med config {path} does not exist")
+    return read_json(path, "ImageReward med config")
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -224,12 +224,20 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: say which, keep the cause
-        raise ModelLayoutError(f"cannot read the ImageReward checkpoint {path}: {err}") from err
+    except pickle.UnpicklingError as err:  # weights_only refused a pickled object
+        raise ModelLayoutError(
+            f"the ImageReward checkpoint {path} holds pickled Python objects, which dance refuses"
+            f" to load ({first_line(err)}); use a plain tensor checkpoint or .safetensors"
+        ) from None
+    except Exception as err:  # a corrupt or truncated file: say which, keep the cause
+        raise FileFault(
+            f"the ImageReward checkpoint {path} is corrupt or truncated ({first_line(err)})"
+        ) from None
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
         raise ModelLayoutError(f"{path} is not a state dict of tensors (ImageReward.pt's layout)")
+    check_finite(state.items(), path)
     return dict(state)
 
 
