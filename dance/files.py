@@ -83,7 +83,7 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise FileFault(f"{what} {path} is corrupt: it is not UTF-8 text.") from None
     except json.JSONDecodeError as exc:
         raise FileFault(
-            f"{what} {path} is corrupt or truncated: not valid JSON ({exc.msg} at line"
+            f"{what} {path} is corrupt or truncated: not valid JSON ({exc.msg}, line"
             f" {exc.lineno} column {exc.colno}); restore it from the original files."
         ) from None
 
