@@ -88,6 +88,25 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         ) from None
 
 
+def torch_load_error(exc: BaseException, where: str) -> Exception:
+    """The one-line error for a ``torch.load(weights_only=True)`` of ``where`` (a description
+    with the path) that raised ``exc``: pickled objects or TorchScript are a file to convert (a
+    UsageError; torch's own advice to pass weights_only=False would run code from the file), any
+    other failure a damaged file (a FileFault)."""
+    import pickle
+
+    from dance.errors import ModelLayoutError
+
+    if isinstance(exc, pickle.UnpicklingError) or "TorchScript" in str(exc):
+        return ModelLayoutError(
+            f"cannot read {where}: it holds pickled Python objects or TorchScript, which"
+            " torch.load(weights_only=True) refuses (dance never runs code from a weights file);"
+            " convert it to a plain tensor state dict or .safetensors."
+        )
+    cause = first_line(exc).split(". ")[0]
+    return FileFault(f"cannot read {where}: the file is corrupt or truncated ({cause}).")
+
+
 def check_writable_dir(path: str | Path, option: str) -> None:
     """Raise a UsageError unless ``path`` is a directory this process can write in, or can be
     created: checked before any model loads, so that a run does not fail after minutes of

@@ -8,14 +8,13 @@ option to set.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
 from dance.errors import FileFault, ModelLayoutError
-from dance.files import check_finite, first_line
+from dance.files import check_finite, first_line, torch_load_error
 
 
 def cached_hub_file(repo_id: str, filenames: Iterable[str]) -> Path | None:
@@ -80,16 +79,8 @@ def load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:  # weights_only refused a pickled object
-            raise ModelLayoutError(
-                f"{what} '{path}' holds pickled Python objects, which dance refuses to load"
-                f" ({first_line(exc)}); use a plain tensor checkpoint or .safetensors."
-            ) from None
-        except (RuntimeError, EOFError, ValueError, OSError) as exc:
-            raise FileFault(
-                f"{what} '{path}' is corrupt or truncated: torch.load cannot read it"
-                f" ({first_line(exc)})."
-            ) from None
+        except Exception as exc:  # torch raises many types for a foreign or damaged file
+            raise torch_load_error(exc, f"{what} '{path}'") from None
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not state:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 
 from dance.errors import FileFault, ModelLayoutError
-from dance.files import check_finite, first_line, read_json
+from dance.files import check_finite, first_line, read_json, torch_load_error
 
 CHECKPOINT_FILE = "ImageReward.pt"
 SAFETENSORS_FILE = "ImageReward.safetensors"
@@ -224,15 +223,13 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # weights_only refused a pickled object
-        raise ModelLayoutError(
-            f"the ImageReward checkpoint {path} holds pickled Python objects, which dance refuses"
-            f" to load ({first_line(err)}); use a plain tensor checkpoint or .safetensors"
-        ) from None
-    except Exception as err:  # a corrupt or truncated file: say which, keep the cause
-        raise FileFault(
-            f"the ImageReward checkpoint {path} is corrupt or truncated ({first_line(err)})"
-        ) from None
+    except Exception as err:  # a foreign, corrupt or truncated file: say which and why
+        if path.suffix == ".safetensors":
+            raise FileFault(
+                f"cannot read the ImageReward checkpoint {path}: the file is corrupt or truncated"
+                f" ({first_line(err)})"
+            ) from None
+        raise torch_load_error(err, f"the ImageReward checkpoint {path}") from None
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):

@@ -27,7 +27,6 @@ tower, ``base_model.model.model.*`` for the language model); transformers 5 nest
 
 from __future__ import annotations
 
-import pickle
 import re
 import warnings
 from dataclasses import dataclass
@@ -36,8 +35,8 @@ from typing import Any
 
 import torch
 
-from dance.errors import FileFault, ModelLayoutError
-from dance.files import check_finite, first_line, read_json, read_text
+from dance.errors import ModelLayoutError
+from dance.files import check_finite, read_json, read_text, torch_load_error
 from dance.model_layout import load_pretrained
 from dance.model_layout import load_tokenizer as load_tokenizer_files
 from dance_videoalign.frames import VisionSpec
@@ -265,13 +264,8 @@ def load_state(model: torch.nn.Module, weights: Path) -> None:
     """Load ``model.pth`` strictly: every key of the model, nothing else, same shapes."""
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:  # weights_only refused a pickled object
-        raise ModelLayoutError(
-            f"{weights} holds pickled Python objects, which dance refuses to load"
-            f" ({first_line(exc)}); use a plain tensor state dict"
-        ) from None
-    except Exception as exc:  # a truncated or damaged file
-        raise FileFault(f"{weights} is corrupt or truncated ({first_line(exc)})") from None
+    except Exception as exc:  # torch raises many types for a foreign or damaged file
+        raise torch_load_error(exc, f"the VideoAlign weights {weights}") from None
     check_finite(state.items(), weights)
     state = from_legacy_keys(state)
     own = model.state_dict()
