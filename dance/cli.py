@@ -195,6 +195,16 @@ def _init_distributed() -> None:
     dist.init_from_env()
 
 
+def _finite_option(value: float) -> float:
+    """Typer callback: a float option must be a finite number (click's ranges let inf and nan
+    through)."""
+    import math
+
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
 @app.command()
 def sample(
     overrides: Overrides = None,
@@ -219,7 +229,10 @@ def sample(
     seed: Annotated[int, typer.Option(help="seed of the first image; then seed+1, ...")] = 0,
     batch_size: Annotated[int, typer.Option(help="images per forward pass", min=1)] = 4,
     output_dir: Annotated[Path, typer.Option(help="where images are written")] = Path("samples"),
-    fps: Annotated[float, typer.Option(help="frames per second of written videos", min=1)] = 24,
+    fps: Annotated[
+        float,
+        typer.Option(help="frames per second of written videos", min=1, callback=_finite_option),
+    ] = 24,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto)")] = None,
     best_of: Annotated[
         int | None,

@@ -97,7 +97,11 @@ def torch_load_error(exc: BaseException, where: str) -> Exception:
 
     from dance.errors import ModelLayoutError
 
-    if isinstance(exc, pickle.UnpicklingError) or "TorchScript" in str(exc):
+    # A pickled object is an "Unsupported global" for torch's weights-only unpickler; random
+    # bytes fail as an unsupported operand, a bad load key, a short read.
+    text = str(exc)
+    refused = isinstance(exc, pickle.UnpicklingError) and "global" in text.lower()
+    if refused or "TorchScript" in text:
         return ModelLayoutError(
             f"cannot read {where}: it holds pickled Python objects or TorchScript, which"
             " torch.load(weights_only=True) refuses (dance never runs code from a weights file);"

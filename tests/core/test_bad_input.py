@@ -186,6 +186,12 @@ def _cut(file: Path) -> None:
     file.write_bytes(file.read_bytes()[:-100])
 
 
+def _truncated_torch_file(path: Path) -> Path:
+    torch.save({"state_dict": {"weight": torch.ones(64, 64)}}, path)
+    path.write_bytes(path.read_bytes()[:-200])
+    return path
+
+
 def _resume_other_policy(tmp: Path, flux: Path) -> tuple[list[str], list[str]]:
     run = tmp / "run"
     _file(run, "config.toml", b'[policy]\nname = "flux"\nmodel = "bundled:demo"\n')
@@ -295,6 +301,34 @@ CASES = [
         _damaged(_edit_weights("transformer/diffusion_pytorch_model.safetensors", _nan_first)),
         1,
     ),
+    # reward weights (built after the toy policy; nothing large is made before the error)
+    Case(
+        "truncated CLIP-score safetensors",
+        lambda t, f: (
+            [*TOY_RUN, "--reward", "clip-score", "--output-dir", t / "run"]
+            + [f"rewards.clip-score.checkpoint={_file(t, 'w.safetensors', b'{}' * 40)}"],
+            ["w.safetensors", "corrupt or truncated"],
+        ),
+        1,
+    ),
+    Case(
+        "truncated HPS checkpoint",
+        lambda t, f: (
+            [*TOY_RUN, "--reward", "hps", "--output-dir", t / "run"]
+            + [f"rewards.hps.checkpoint={_truncated_torch_file(t / 'HPS.pt')}"],
+            ["HPS.pt", "corrupt or truncated"],
+        ),
+        1,
+    ),
+    Case(
+        "rewards.hps.checkpoint=DIR",
+        lambda t, f: (
+            [*TOY_RUN, "--reward", "hps", "--output-dir", t / "run"]
+            + [f"rewards.hps.checkpoint={t}"],
+            ["rewards.hps.checkpoint", "is a directory"],
+        ),
+        2,
+    ),
     # trained weights
     Case("--lora with NaN", _lora_case(_nan_lora), 1),
     Case("--lora truncated", _lora_case(_cut), 1),
@@ -357,6 +391,7 @@ CASES = [
         ),
         2,
     ),
+    Case("sample --fps inf", lambda t, f: ([*TOY_SAMPLE, "--fps", "inf"], ["--fps"]), 2),
     # misleading messages
     Case(
         "--model without --policy",

@@ -43,6 +43,10 @@ def resolve_file(
         path = Path(value).expanduser()
         if path.is_file():
             return path
+        if path.is_dir():
+            raise ModelLayoutError(
+                f"{option}={path} is a directory; expected the {what} file itself ({how_to_get})."
+            )
         raise ModelLayoutError(
             f"{what} not found at '{path}'; {how_to_get}, then set {option}=PATH."
         )
