@@ -439,6 +439,25 @@ def test_read_only_output_dir_is_one_line(
     assert code == 2 and "is not writable" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", ["run", "sample"])
+def test_unwritable_output_dir_is_found_before_the_model_loads(
+    command: str, tmp_path: Path, toy_registry, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A read-only output folder (simulated: this test may run as root, who writes anywhere) is
+    reported before the model loads: the model path does not even exist."""
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr("dance.files.tempfile.mkstemp", read_only)
+    args = [command, "--policy", "flux", "--model", tmp_path / "no-model"]
+    args += ["--reward", "jpeg-compressibility"] if command == "run" else ["--prompt", "a cat"]
+    code, _, err = run_cli([*args, "--output-dir", tmp_path / "out"], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "--output-dir" in err and "is not writable" in err and "Read-only" in err
+
+
 def test_full_disk_is_one_line_exit_1(
     tmp_path: Path, toy_registry, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
