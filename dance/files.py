@@ -141,14 +141,16 @@ def check_writable_dir(path: str | Path, option: str) -> None:
 def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
     """The name of the first floating-point tensor holding a NaN or an infinity, else None.
 
-    A float32 sum per tensor is the fast test (NaN and inf propagate); only when it is not finite
-    is the tensor checked element by element, since a sum of large finite values can overflow."""
+    A sum per tensor in its own dtype is the fast test (NaN and inf propagate; on one CPU thread
+    it reads 2.5 GiB/s of bf16 where an element-wise isfinite, or a sum converting to float32,
+    manage under 0.1); only when the sum is not finite is the tensor checked element by element,
+    since a sum of large finite values can overflow (fp16)."""
     import torch
 
     for name, tensor in named:
         if not tensor.is_floating_point() or tensor.numel() == 0:
             continue
-        if torch.isfinite(tensor.detach().sum(dtype=torch.float32)):
+        if torch.isfinite(tensor.detach().sum()):
             continue
         if not bool(torch.isfinite(tensor.detach()).all()):
             return name

@@ -8,6 +8,13 @@ plugin's description of the layout it expects (``expected``), so the user knows 
 A plugin's own layout module says which components, files and classes its model has: as a
 :class:`DiffusersLayout`, or by calling the ``check_*`` helpers in the order it wants the problems
 reported.
+
+Components are then loaded with :func:`load_pretrained` (models) and :func:`load_tokenizer`, which
+refuse to run on garbage: a damaged file (a JSON config that does not parse, a truncated or
+random safetensors file) is a :class:`~dance.errors.FileFault` naming it; so are weights missing
+from the files (from_pretrained would leave them random) and weights that are NaN or inf; a
+tokenizer folder without a vocabulary (transformers would build a default tokenizer that maps
+every word to <unk>) is a ModelLayoutError naming the folder.
 """
 
 from __future__ import annotations
