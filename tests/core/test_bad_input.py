@@ -209,6 +209,22 @@ CASES = [
         2,
     ),
     Case("sample --device cuda:99", lambda t, f: ([*TOY_SAMPLE, "--device", "cuda:99"], []), 2),
+    *(
+        []  # with a GPU, --device cuda is right
+        if torch.cuda.is_available()
+        else [
+            Case(
+                "run --device cuda without a GPU",
+                lambda t, f: ([*TOY_RUN, "--device", "cuda"], ["--device cuda", "no usable CUDA"]),
+                2,
+            ),
+            Case(
+                "sample --device cuda without a GPU",
+                lambda t, f: ([*TOY_SAMPLE, "--device", "cuda"], ["no usable CUDA"]),
+                2,
+            ),
+        ]
+    ),
     # files that are not UTF-8
     Case(
         "recipe not UTF-8",
