@@ -1,7 +1,11 @@
 """dance: GRPO post-training for image and video generators, with a plugin registry."""
 
-from dance.hookspecs import hookimpl
-from dance.interfaces import (
+from dance.offline import go_offline
+
+go_offline()  # before any Hugging Face library is imported: they read the switches at import
+
+from dance.hookspecs import hookimpl  # noqa: E402 - after going offline
+from dance.interfaces import (  # noqa: E402 - after going offline
     Advantage,
     Conditioning,
     Policy,

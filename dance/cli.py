@@ -1,9 +1,11 @@
 """The `dance` command: run GRPO, sample from a trained policy, list plugins.
 
 A user mistake (an unknown name, a missing file, an out-of-range value) is printed as one line and
-exits with code 2; a failure during a run (a reward that fails, training that diverges, another
-process's error) exits with code 1 after one line saying what failed. A run stopped by Ctrl-C or
-SIGTERM finishes its iteration, checkpoints and exits with 128 + the signal number (130, 143).
+exits with code 2; a fault the user cannot fix by editing the command (a corrupt or truncated file,
+a full disk, a permission denied) or a failure during a run (a reward that fails, training that
+diverges, another process's error) exits with code 1 after one line saying what failed. A run
+stopped by Ctrl-C or SIGTERM finishes its iteration, checkpoints and exits with 128 + the signal
+number (130, 143).
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ def run(
     threads: Threads = None,
 ) -> None:
     """Train a policy with GRPO against one or more rewards."""
+    from dance.data import read_prompts
+    from dance.files import check_writable_dir
     from dance.grpo import GRPOTrainer
     from dance.recipe import resolve
     from dance.registry import get_registry
@@ -136,15 +140,23 @@ def run(
     if resume and recipe is None and output_dir and (output_dir / "config.toml").is_file():
         # Resuming takes the run's own resolved config; overrides still apply on top.
         recipe = str(output_dir / "config.toml")
+        _check_resume_policy(recipe, policy, output_dir)
     elif not resume and output_dir and (output_dir / "checkpoints" / "latest").is_file():
         raise UsageError(
             f"{output_dir} already holds a run; pass --resume to continue it, or choose another "
             "--output-dir."
         )
     if recipe is None and policy is None:
+        _check_demo_options(model, sampler, reward)
         recipe = DEFAULT_RECIPE  # `dance run` alone: the bundled demo
     raw = _raw_recipe(recipe, policy, model, sampler, reward, overrides)
     resolved = resolve(raw, registry)
+    # Files and folders the run needs are checked before minutes of model loading.
+    read_prompts(resolved.trainer.prompts)  # "" reads the bundled list
+    if resolved.evaluation.prompts:
+        read_prompts(resolved.evaluation.prompts)
+    if output_dir is not None:  # a new run folder under runs/ is checked as it is made
+        check_writable_dir(output_dir, "--output-dir")
     _init_distributed(resolved.trainer.distributed_timeout)
     import dance.distributed as dist
     from dance.interfaces import Runtime
@@ -172,6 +184,39 @@ def run(
     dist.shutdown()
     if trainer.stopped_by:  # stopped by a signal, after its checkpoint: not a finished run
         raise typer.Exit(128 + trainer.stopped_by)
+
+
+def _check_demo_options(model: str | None, sampler: str | None, rewards: list[str] | None) -> None:
+    """`dance run` without --recipe and --policy trains the bundled demo; --model, --sampler or
+    --reward alone would quietly change a piece of it, and the demo's other settings (its
+    evaluation reward, its model's size) would then fail with a message about those instead."""
+    given = [
+        flag
+        for flag, value in (("--model", model), ("--sampler", sampler), ("--reward", rewards))
+        if value
+    ]
+    if given:
+        raise UsageError(
+            f"{' and '.join(given)} without --policy: say which policy to train, e.g. --policy"
+            " flux (see `dance plugins`), or pass --recipe demo to change the bundled demo."
+        )
+
+
+def _check_resume_policy(recipe: str, policy: str | None, output_dir: Path) -> None:
+    """--resume continues the run's own policy: another --policy would load other weights into
+    it (and its sampler, rewards and checkpoint would not fit), so say which one the run used."""
+    from dance.files import read_text
+    from dance.recipe import parse_toml
+
+    if not policy:
+        return
+    raw = parse_toml(read_text(recipe, "run config", "the config.toml a run writes"), recipe)
+    made_with = raw.get("policy", {}).get("name")
+    if made_with and made_with != policy:
+        raise UsageError(
+            f"the run in {output_dir} was made with policy '{made_with}', not '{policy}'; drop"
+            f" --policy to resume it, or start a new run in another --output-dir."
+        )
 
 
 def _print_summary(summary: dict[str, Any], output_dir: Path) -> None:
@@ -211,6 +256,16 @@ def _init_distributed(timeout_s: float) -> None:
     dist.init_from_env(timeout_s)
 
 
+def _finite_option(value: float) -> float:
+    """Typer callback: a float option must be a finite number (click's ranges let inf and nan
+    through)."""
+    import math
+
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
 @app.command()
 def sample(
     overrides: Overrides = None,
@@ -235,7 +290,10 @@ def sample(
     seed: Annotated[int, typer.Option(help="seed of the first image; then seed+1, ...")] = 0,
     batch_size: Annotated[int, typer.Option(help="images per forward pass", min=1)] = 4,
     output_dir: Annotated[Path, typer.Option(help="where images are written")] = Path("samples"),
-    fps: Annotated[float, typer.Option(help="frames per second of written videos", min=1)] = 24,
+    fps: Annotated[
+        float,
+        typer.Option(help="frames per second of written videos", min=1, callback=_finite_option),
+    ] = 24,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: auto)")] = None,
     best_of: Annotated[
         int | None,
@@ -255,6 +313,7 @@ def sample(
     from dance.best_of_n import sample_best_of_n
     from dance.config import build, to_dict
     from dance.data import PromptEntry, read_prompts
+    from dance.files import check_writable_dir
     from dance.generate import generate, resolve_trained, save_media
     from dance.interfaces import Runtime
     from dance.recipe import (
@@ -295,6 +354,7 @@ def sample(
         raise UsageError("no prompt given: pass --prompt TEXT or --prompts-file FILE.")
     runtime = Runtime.auto(device)
     use_threads(threads, runtime.device)
+    check_writable_dir(output_dir, "--output-dir")  # before the model loads
     policy_cls = registry.get("policy", policy_name)
     policy_obj = policy_cls(build(policy_cls.config_class, raw["policy"], "policy."), runtime)
     if not sampler:
@@ -404,6 +464,21 @@ def plugins(
                 )
 
 
+def _describe_os_error(exc: OSError) -> str:
+    """One line naming the path and the cause of an OS error; a full disk says so in words."""
+    import errno
+
+    from dance.files import first_line
+
+    path = exc.filename if exc.filename is not None else "a file"
+    cause = exc.strerror or first_line(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full: cannot write {path} ({cause}); free some space and run again."
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied: cannot write or read {path} ({cause})."
+    return f"{path}: {cause}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line and exit code 2 for usage errors, no traceback."""
     try:
@@ -423,6 +498,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except RunError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:  # a full disk, a permission denied, an I/O error: not the user's typo
+        typer.echo(f"error: {_describe_os_error(exc)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any
 
 from dance.errors import ConfigError, did_you_mean
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 
 def option(
@@ -26,10 +32,22 @@ def option(
     ge: float | None = None,
     lt: float | None = None,
     le: float | None = None,
+    allow_nonfinite: bool = False,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
-    """Declare a config field with its description and allowed values."""
-    meta = {"help": help, "choices": choices, "gt": gt, "ge": ge, "lt": lt, "le": le}
+    """Declare a config field with its description and allowed values.
+
+    Numbers must be finite (no inf or nan, which would train garbage without any other error)
+    unless ``allow_nonfinite`` says the field gives them a meaning."""
+    meta = {
+        "help": help,
+        "choices": choices,
+        "gt": gt,
+        "ge": ge,
+        "lt": lt,
+        "le": le,
+        "allow_nonfinite": allow_nonfinite,
+    }
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     if isinstance(default, (list, dict, set)):
@@ -146,6 +164,8 @@ def validate(config: Any, prefix: str = "") -> None:
         if choices is not None and value not in choices:
             allowed = ", ".join(repr(c) for c in choices)
             raise ConfigError(f"{where} must be one of {allowed}, got {value!r}")
+        if not meta.get("allow_nonfinite", False):
+            _check_finite(value, where)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if isinstance(value, float) and math.isnan(value):
                 raise ConfigError(f"{where} must be a number, got nan")
@@ -160,6 +180,19 @@ def validate(config: Any, prefix: str = "") -> None:
     check = getattr(config, "check", None)
     if callable(check):
         check()
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Raise unless every float in ``value`` (a number, or a list, tuple or table of them) is
+    finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value}")
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_finite(item, where)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}")
 
 
 def build(config_class: type, values: Mapping[str, Any] | None = None, prefix: str = "") -> Any:
@@ -197,8 +230,6 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def parse_value(text: str) -> Any:
     """Parse the value of a `key=value` override as TOML when it is valid TOML, else as a string."""
-    import tomllib
-
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:

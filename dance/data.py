@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 
 from dance.errors import UsageError, did_you_mean
+from dance.files import check_input_file, decode_text, first_line, read_text
 from dance.interfaces import Prompt
 
 JSONL_KEYS = ("prompt", "image", "video")
@@ -48,12 +49,6 @@ class PromptEntry:
         return Prompt(self.text, _read_condition(self.source, self.source_kind, self.origin))
 
 
-def _reason(exc: Exception) -> str:
-    """The first line of an exception's message (or its type), for a one-line error."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _read_condition(path: Path, kind: str | None, origin: str, full: bool = True) -> torch.Tensor:
     """Decode a conditioning file as ``[3, H, W]`` float32 in [0, 1].
 
@@ -61,8 +56,9 @@ def _read_condition(path: Path, kind: str | None, origin: str, full: bool = True
     returns an empty tensor. An image is turned upright by its EXIF orientation, as diffusers'
     ``load_image`` does, so it matches what an image viewer shows.
     """
-    if not path.is_file():
-        raise UsageError(f"{origin}: {kind} file {path} does not exist.")
+    check_input_file(
+        path, f"{origin}: {kind} file", f"an {kind} file" if kind == "image" else "a video file"
+    )
     try:
         if kind == "video":
             from dance.video_io import read_first_frame
@@ -81,7 +77,7 @@ def _read_condition(path: Path, kind: str | None, origin: str, full: bool = True
             pixels = torch.from_numpy(np.array(upright))  # [H, W, 3] uint8
         return pixels.permute(2, 0, 1).float() / 255
     except Exception as exc:  # PIL and PyAV raise many types for a corrupt file
-        raise UsageError(f"{origin}: cannot read {kind} {path} ({_reason(exc)}).") from exc
+        raise UsageError(f"{origin}: cannot read {kind} {path} ({first_line(exc)}).") from exc
 
 
 def _parse_jsonl(text: str, name: str, folder: Path | None) -> list[PromptEntry]:
@@ -137,7 +133,7 @@ def read_prompts(path: str) -> list[PromptEntry]:
     folder: Path | None
     if not path:
         name = "prompts.txt"
-        text = (resources.files("dance") / "data" / "prompts.txt").read_text()
+        text = (resources.files("dance") / "data" / "prompts.txt").read_text(encoding="utf-8")
         folder = None
     elif path.startswith("pkg:"):
         package, _, name = path[4:].partition("/")
@@ -147,14 +143,17 @@ def read_prompts(path: str) -> list[PromptEntry]:
             raise UsageError(f"prompt list {path}: no installed package '{package}'.") from None
         if not name or not resource.is_file():
             raise UsageError(f"prompt list {path}: package '{package}' has no file '{name}'.")
-        text = resource.read_text()
+        text = decode_text(resource.read_bytes(), f"prompt list {path}")
         folder = resource.parent if isinstance(resource, Path) else None
         name = path
     else:
         p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"prompt file {p} does not exist (expected one prompt per line).")
-        text = p.read_text()
+        expected = (
+            "a .jsonl file of prompts"
+            if p.suffix == ".jsonl"
+            else "a text file with one prompt per line"
+        )
+        text = read_text(p, "prompt file", expected)
         folder, name = p.parent, str(p)
     if name.endswith(".jsonl"):
         entries = _parse_jsonl(text, name, folder)

@@ -49,6 +49,39 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def parse_device(text: str, option: str = "--device") -> torch.device:
+    """The device ``text`` names (cpu, cuda, cuda:N, mps), checked against this machine: a name
+    torch does not know, a GPU that is not there, or an index past the last GPU is a UsageError
+    saying what exists, before anything loads."""
+    from dance.errors import UsageError
+
+    usage = f"use cpu, cuda or cuda:N, or leave {option} out to pick the GPU when there is one"
+    try:
+        device = torch.device(text.strip())
+    except (RuntimeError, ValueError):
+        raise UsageError(f"{option} '{text}' is not a device; {usage}.") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"{option} {text}: this machine has no usable CUDA GPU (torch.cuda.is_available()"
+                f" is False); use {option} cpu or leave {option} out."
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(
+                f"{option} {text}: this machine has {count} CUDA device(s), cuda:0 to"
+                f" cuda:{count - 1}; choose one of those."
+            )
+        return device
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"{option} {text}: MPS is not available on this machine; {usage}.")
+        return device
+    raise UsageError(f"{option} '{text}': dance does not run on {device.type} devices; {usage}.")
+
+
 def init_from_env(timeout_s: float | None = None) -> None:
     """Join the process group torchrun describes in the environment; no-op for one process.
 

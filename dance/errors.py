@@ -1,8 +1,8 @@
 """Errors that carry a message meant for the user.
 
 The CLI turns a :class:`UsageError` into one line on stderr and exit code 2, a :class:`RunError`
-(including :class:`RewardError`) into one line and exit code 1; anything else is a bug and keeps
-its traceback.
+(a :class:`RewardError`, :class:`CheckpointError` or :class:`FileFault`, and an ``OSError`` such
+as a full disk) into one line and exit code 1; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ class CheckpointError(RunError):
     """A checkpoint that cannot be written (disk full) or read (truncated, corrupt, non-finite
     weights): a fault the user cannot fix by editing the command; one line naming the path and
     the cause, exit code 1."""
+
+
+class FileFault(RunError):
+    """A fault the user cannot fix by editing the command: a corrupt or truncated file, weights
+    that are not finite, a full disk, a permission denied. One line naming the path and the
+    cause, exit code 1."""
 
 
 class RewardError(RunError):

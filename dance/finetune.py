@@ -31,9 +31,10 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from dance.config import option
-from dance.errors import ConfigError, UsageError
+from dance.errors import ConfigError, FileFault, UsageError
+from dance.files import check_finite, first_line
 from dance.interfaces import Policy, Runtime
-from dance.model_layout import shard_names
+from dance.model_layout import load_pretrained, shard_names
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what load_lora_weights reads
 ADAPTER = "default"  # the peft adapter name
@@ -348,9 +349,15 @@ class TrainedWeights:
         from peft.utils import get_peft_model_state_dict
         from safetensors import safe_open
 
-        with safe_open(str(file), framework="pt") as f:
-            metadata = f.metadata() or {}
-            saved = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                metadata = f.metadata() or {}
+                saved = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - no iter
+        except Exception as exc:  # safetensors raises its own error types
+            raise FileFault(
+                f"trained weights {file} are corrupt or truncated ({first_line(exc)})"
+            ) from None
+        check_finite(saved.items(), file)
         prefix, label = f"{self.target.component}.", self.target.network_label
         others = [k for k in saved if not k.startswith(prefix)]
         if others:
@@ -394,7 +401,14 @@ class TrainedWeights:
         for name in names:
             if not (folder / name).is_file():
                 raise UsageError(f"{folder} has no {name}: the saved {label} is incomplete")
-            saved.update(load_file(str(folder / name)))
+            try:
+                part = load_file(str(folder / name))
+            except Exception as exc:  # safetensors raises its own error types
+                raise FileFault(
+                    f"trained weights {folder / name} are corrupt or truncated ({first_line(exc)})"
+                ) from None
+            check_finite(part.items(), folder / name)
+            saved.update(part)
         own = self.network.state_dict()  # tensors share storage with the parameters
         check_match(folder, saved, own, f"the {self.target.model} {label}")
         with torch.no_grad():
@@ -447,10 +461,8 @@ class FinetunedPolicy(Policy):
         """Load the trainable network with ``model_class.from_pretrained(folder)`` (local files
         only, in :func:`weights_dtype`), set up LoRA or a full fine-tune on it and move it to
         the device; returns it."""
-        network = model_class.from_pretrained(
-            folder,
-            torch_dtype=weights_dtype(self.config.finetune, self.runtime),
-            local_files_only=True,
+        network = load_pretrained(
+            model_class, Path(folder), torch_dtype=weights_dtype(self.config.finetune, self.runtime)
         )
         self.trained = TrainedWeights(
             network, self.trained_network, self.config, self.runtime, self.name

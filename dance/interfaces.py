@@ -46,7 +46,7 @@ class Runtime:
         """Pick the device (CUDA when present) and the matching frozen dtype."""
         import dance.distributed as dist
 
-        dev = torch.device(device) if device else dist.default_device()
+        dev = dist.parse_device(device) if device else dist.default_device()
         frozen = torch.bfloat16 if dev.type == "cuda" else torch.float32
         return cls(device=dev, frozen_dtype=frozen, rank=dist.rank(), world_size=dist.world_size())
 

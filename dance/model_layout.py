@@ -8,18 +8,26 @@ plugin's description of the layout it expects (``expected``), so the user knows 
 A plugin's own layout module says which components, files and classes its model has: as a
 :class:`DiffusersLayout`, or by calling the ``check_*`` helpers in the order it wants the problems
 reported.
+
+Components are then loaded with :func:`load_pretrained` (models) and :func:`load_tokenizer`, which
+refuse to run on garbage: a damaged file (a JSON config that does not parse, a truncated or
+random safetensors file) is a :class:`~dance.errors.FileFault` naming it; so are weights missing
+from the files (from_pretrained would leave them random) and weights that are NaN or inf; a
+tokenizer folder without a vocabulary (transformers would build a default tokenizer that maps
+every word to <unk>) is a ModelLayoutError naming the folder.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dance.errors import ModelLayoutError
+from dance.errors import FileFault, ModelLayoutError, UsageError
+from dance.files import check_finite, first_line, read_json
 
 if TYPE_CHECKING:  # only for annotations: the layout checks run without importing torch
     import torch
@@ -97,7 +105,10 @@ def check_some_weights(path: Path, folders: Iterable[str], expected: str) -> Non
 
 def shard_names(index: Path) -> list[str]:
     """The distinct weight files a sharded checkpoint's ``*.index.json`` lists, sorted."""
-    return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    weight_map = read_json(index, "shard index").get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise FileFault(f"shard index {index} has no weight_map table; the file is corrupt.")
+    return sorted(set(weight_map.values()))
 
 
 def check_shards(root: Path, index: Path, expected: str, where: str | None = None) -> None:
@@ -136,7 +147,9 @@ def check_index_classes(path: Path, classes: Mapping[str, str], model: str) -> d
     """Read ``model_index.json`` and raise unless it names the ``classes`` ({component: class
     name}); another model's checkpoint often has the same folders, but other classes. Returns the
     index."""
-    index = json.loads((path / "model_index.json").read_text())
+    index = read_json(path / "model_index.json", "model index")
+    if not isinstance(index, dict):
+        raise FileFault(f"model index {path / 'model_index.json'} is not a JSON object (corrupt).")
     for component, expected in classes.items():
         entry = index.get(component) or [None, None]
         if entry[-1] != expected:
@@ -181,6 +194,111 @@ class DiffusersLayout:
         )
         self.check(path)
         return path
+
+
+# Files that hold a tokenizer's vocabulary, in the formats transformers reads; a folder with none
+# of them loads as a default tokenizer that maps every word to <unk>.
+TOKENIZER_VOCABULARY = (
+    "tokenizer.json",
+    "spiece.model",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+)
+# Common words every real tokenizer knows; a tokenizer that knows none of them is garbage.
+_PROBE_WORDS = ("a", "photo", "of", "cat")
+
+
+def check_component_files(folder: Path) -> None:
+    """Raise a FileFault naming the first file of a component folder that is damaged: a JSON file
+    that does not parse, or a safetensors file whose header is garbage or whose data is cut
+    short. Reads only headers, not the weights."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.json")):
+        read_json(file, "config file")
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # safetensors raises its own error types
+            raise FileFault(
+                f"weights file {file} is corrupt or truncated ({first_line(exc)}); restore it"
+                " from the original checkpoint."
+            ) from None
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as transformers_logging
+
+    before = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(before)
+
+
+def load_pretrained(loader: Any, folder: Path, **kwargs: Any) -> Any:
+    """``loader.from_pretrained(folder)`` for one model component of a checkpoint (a transformer,
+    a text encoder, a VAE), from local files only, refusing what would run on garbage: a damaged
+    file (named), weights missing from the files (which from_pretrained would fill with random
+    values) and weights that are NaN or inf. Every problem is one line naming the path."""
+    folder = Path(folder)
+    check_component_files(folder)
+    try:
+        # transformers prints its own table of missing weights; they are refused below instead.
+        with _quiet_transformers():
+            model, info = loader.from_pretrained(
+                folder, local_files_only=True, output_loading_info=True, **kwargs
+            )
+    except UsageError:
+        raise
+    except Exception as exc:  # diffusers and transformers raise many types for a bad folder
+        raise FileFault(f"cannot load {folder}: {first_line(exc)}") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise FileFault(
+            f"{folder} is incomplete: its weight files lack {len(missing)} weights (e.g."
+            f" {missing[0]}), which would be left random; restore the folder from the original"
+            " checkpoint."
+        )
+    check_finite(model.state_dict().items(), folder)
+    return model
+
+
+def load_tokenizer(loader: Any, folder: Path, **kwargs: Any) -> Any:
+    """``loader.from_pretrained(folder)`` for a tokenizer folder, from local files only, refusing
+    a folder without a vocabulary and a tokenizer that knows no common word (transformers
+    otherwise builds a default tokenizer that turns every prompt into <unk>)."""
+    folder = Path(folder)
+    if not folder.is_dir() or not any((folder / n).is_file() for n in TOKENIZER_VOCABULARY):
+        raise ModelLayoutError(
+            f"tokenizer folder {folder} is empty or incomplete: it has none of"
+            f" {', '.join(TOKENIZER_VOCABULARY)}; copy the folder from the original checkpoint."
+        )
+    check_component_files(folder)
+    try:
+        tokenizer = loader.from_pretrained(folder, local_files_only=True, **kwargs)
+    except UsageError:
+        raise
+    except Exception as exc:  # tokenizers and transformers raise many types for a bad file
+        raise FileFault(f"cannot load the tokenizer in {folder}: {first_line(exc)}") from None
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None:
+        known = [
+            w
+            for w in _PROBE_WORDS
+            if unk not in tokenizer(w, add_special_tokens=False)["input_ids"]
+        ]
+        if not known:
+            raise FileFault(
+                f"the tokenizer in {folder} maps every common word to its unknown token; its"
+                " vocabulary is damaged: restore the folder from the original checkpoint."
+            )
+    return tokenizer
 
 
 def transformers_dtype(dtype: torch.dtype) -> dict[str, torch.dtype]:

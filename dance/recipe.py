@@ -37,6 +37,7 @@ from typing import Any
 from dance.config import build, parse_value, to_dict
 from dance.errors import ConfigError, UsageError, did_you_mean
 from dance.evaluation import EvaluationConfig
+from dance.files import read_text
 from dance.trainer_config import TrainerConfig
 
 if sys.version_info >= (3, 11):
@@ -113,9 +114,7 @@ def read_recipe(name_or_path: str) -> dict[str, Any]:
     """Raw recipe dict from a bundled recipe name or a TOML file path."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise UsageError(f"recipe file {path} does not exist.")
-        text = path.read_text()
+        text = read_text(path, "recipe file", "a recipe .toml file")
         where = str(path)
     else:
         resource = resources.files("dance") / "recipes" / f"{name_or_path}.toml"
@@ -125,14 +124,19 @@ def read_recipe(name_or_path: str) -> dict[str, Any]:
                 f"unknown recipe '{name_or_path}' (bundled: {', '.join(known) or 'none'})."
                 f"{did_you_mean(name_or_path, known)} A path to a .toml file works too."
             )
-        text = resource.read_text()
+        text = resource.read_text(encoding="utf-8")
         where = f"bundled recipe '{name_or_path}'"
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    raw = parse_toml(text, where)
     check_sections(raw, where)
     return raw
+
+
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    """The TOML document ``text`` read from ``where``, or one ConfigError line naming it."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
 
 
 def check_sections(raw: dict[str, Any], where: str) -> None:
@@ -281,7 +285,8 @@ def _check_evaluation(cfg: EvaluationConfig, rewards: list[RewardSpec], registry
     if cfg.reward and cfg.reward not in names:
         raise ConfigError(
             f"evaluation.reward '{cfg.reward}' is not one of the recipe's rewards "
-            f"({', '.join(names)}).{did_you_mean(cfg.reward, names)}"
+            f"({', '.join(names)}).{did_you_mean(cfg.reward, names)} Set evaluation.reward to"
+            ' one of them, or evaluation.prompts="" to run without the evaluation.'
         )
     reward_cls = registry.get("reward", cfg.reward or names[0])
     if cfg.success and cfg.success not in reward_cls.components:

@@ -26,7 +26,7 @@ from dance.finetune import (
     lora_rank_option,
 )
 from dance.interfaces import Conditioning, Prompt, Runtime, imported_classes
-from dance.model_layout import transformers_dtype
+from dance.model_layout import load_pretrained, load_tokenizer, transformers_dtype
 from dance.offload import FrozenOffload
 from dance_flux.layout import resolve_model
 
@@ -161,25 +161,15 @@ class FluxPolicy(FinetunedPolicy):
         def freeze(module: torch.nn.Module) -> Any:
             return module.requires_grad_(False).eval().to(self._offload.home)
 
-        self.tokenizer = CLIPTokenizerFast.from_pretrained(
-            path / "tokenizer", local_files_only=True
-        )
-        self.tokenizer_2 = T5TokenizerFast.from_pretrained(
-            path / "tokenizer_2", local_files_only=True
-        )
+        self.tokenizer = load_tokenizer(CLIPTokenizerFast, path / "tokenizer")
+        self.tokenizer_2 = load_tokenizer(T5TokenizerFast, path / "tokenizer_2")
         self.text_encoder = freeze(
-            CLIPTextModel.from_pretrained(
-                path / "text_encoder", local_files_only=True, **transformers_dtype(frozen)
-            )
+            load_pretrained(CLIPTextModel, path / "text_encoder", **transformers_dtype(frozen))
         )
         self.text_encoder_2 = freeze(
-            T5EncoderModel.from_pretrained(
-                path / "text_encoder_2", local_files_only=True, **transformers_dtype(frozen)
-            )
+            load_pretrained(T5EncoderModel, path / "text_encoder_2", **transformers_dtype(frozen))
         )
-        self.vae = freeze(
-            AutoencoderKL.from_pretrained(path / "vae", torch_dtype=frozen, local_files_only=True)
-        )
+        self.vae = freeze(load_pretrained(AutoencoderKL, path / "vae", torch_dtype=frozen))
         # FluxPipeline.__init__: 2 ** (number of VAE blocks - 1), 8 for the real VAE.
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         factor = self.vae_scale_factor * 2

@@ -30,7 +30,7 @@ from dance.finetune import (
     lora_rank_option,
 )
 from dance.interfaces import Conditioning, Prompt, Runtime, imported_classes
-from dance.model_layout import transformers_dtype
+from dance.model_layout import load_pretrained, load_tokenizer, transformers_dtype
 from dance.offload import FrozenOffload
 from dance_hunyuan_video.layout import resolve_model, resolve_transformer, transformer_config
 from dance_hunyuan_video.prompting import DEFAULT_CROP_START, DEFAULT_TEMPLATE
@@ -220,28 +220,20 @@ class HunyuanFamilyPolicy(FinetunedPolicy):
         # AutoTokenizer, not the LlamaTokenizerFast that model_index.json names: with transformers
         # 5 that class rebuilds Llama 3's byte-level BPE with a SentencePiece-style pre-tokenizer,
         # which splits prompts into other tokens; AutoTokenizer reads tokenizer.json as it is.
-        self.tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+        self.tokenizer = load_tokenizer(AutoTokenizer, path / "tokenizer")
         # The transformer masks the text tokens after the first sum(mask) ones: pad on the right.
         self.tokenizer.padding_side = "right"
         if self.tokenizer.pad_token is None:
             raise ModelLayoutError(f"the tokenizer in {path / 'tokenizer'} has no pad token")
-        self.tokenizer_2 = CLIPTokenizerFast.from_pretrained(
-            path / "tokenizer_2", local_files_only=True
-        )
+        self.tokenizer_2 = load_tokenizer(CLIPTokenizerFast, path / "tokenizer_2")
         self.text_encoder = freeze(
-            LlamaModel.from_pretrained(
-                path / "text_encoder", local_files_only=True, **transformers_dtype(frozen)
-            )
+            load_pretrained(LlamaModel, path / "text_encoder", **transformers_dtype(frozen))
         )
         self.text_encoder_2 = freeze(
-            CLIPTextModel.from_pretrained(
-                path / "text_encoder_2", local_files_only=True, **transformers_dtype(frozen)
-            )
+            load_pretrained(CLIPTextModel, path / "text_encoder_2", **transformers_dtype(frozen))
         )
         self.vae = freeze(
-            AutoencoderKLHunyuanVideo.from_pretrained(
-                path / "vae", torch_dtype=frozen, local_files_only=True
-            )
+            load_pretrained(AutoencoderKLHunyuanVideo, path / "vae", torch_dtype=frozen)
         )
         if cfg.vae_tiling:
             self.vae.enable_tiling()

@@ -9,11 +9,11 @@ the expected layout.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from dance.errors import ModelLayoutError
+from dance.files import read_json
 from dance.model_layout import DiffusersLayout, check_diffusers_weights, check_dirs, find_checkpoint
 
 LAYOUT = DiffusersLayout(
@@ -85,4 +85,4 @@ def check_transformer_folder(folder: Path) -> None:
 
 def transformer_config(folder: Path) -> dict[str, Any]:
     """The transformer's config.json, read before its weights are loaded."""
-    return json.loads((folder / "config.json").read_text())
+    return read_json(folder / "config.json", "transformer config")

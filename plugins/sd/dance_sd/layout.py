@@ -9,10 +9,10 @@ missing path and the expected layout. ``safety_checker/`` and ``feature_extracto
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dance.errors import ModelLayoutError
+from dance.files import read_json
 from dance.model_layout import check_files, check_index_classes, check_shards, find_checkpoint
 
 EXPECTED = (
@@ -79,14 +79,14 @@ def _check_model_index(path: Path) -> None:
             f"model directory {path} has a second text encoder (Stable Diffusion XL?); the 'sd'"
             " policy supports Stable Diffusion 1.x (one CLIP text encoder)"
         )
-    scheduler = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = read_json(path / "scheduler" / "scheduler_config.json", "scheduler config")
     prediction = scheduler.get("prediction_type", "epsilon")
     if prediction != "epsilon":
         raise ModelLayoutError(
             f"model directory {path} predicts {prediction!r} (scheduler/scheduler_config.json);"
             " the 'sd' policy supports epsilon-prediction models (Stable Diffusion 1.x)"
         )
-    unet_config = json.loads((path / "unet" / "config.json").read_text())
+    unet_config = read_json(path / "unet" / "config.json", "UNet config")
     if unet_config.get("in_channels", 4) != 4:
         raise ModelLayoutError(
             f"model directory {path} has a UNet with {unet_config.get('in_channels')} input"

@@ -29,7 +29,7 @@ from dance.finetune import (
     lora_rank_option,
 )
 from dance.interfaces import Conditioning, Prompt, Runtime, imported_classes
-from dance.model_layout import transformers_dtype
+from dance.model_layout import load_pretrained, load_tokenizer, transformers_dtype
 from dance.offload import FrozenOffload
 from dance_sd.layout import resolve_model
 
@@ -150,17 +150,12 @@ class SDPolicy(FinetunedPolicy):
         def freeze(module: torch.nn.Module, where: torch.device) -> Any:
             return module.requires_grad_(False).eval().to(where)
 
-        self.tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+        self.tokenizer = load_tokenizer(CLIPTokenizer, path / "tokenizer")
         self.text_encoder = freeze(
-            CLIPTextModel.from_pretrained(
-                path / "text_encoder", local_files_only=True, **transformers_dtype(frozen)
-            ),
+            load_pretrained(CLIPTextModel, path / "text_encoder", **transformers_dtype(frozen)),
             home,
         )
-        self.vae = freeze(
-            AutoencoderKL.from_pretrained(path / "vae", torch_dtype=frozen, local_files_only=True),
-            home,
-        )
+        self.vae = freeze(load_pretrained(AutoencoderKL, path / "vae", torch_dtype=frozen), home)
         # StableDiffusionPipeline.__init__: 2 ** (number of VAE blocks - 1), 8 for SD's VAE.
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         factor = self.vae_scale_factor

@@ -76,7 +76,8 @@ class LaionAesthetic(ClipFamilyReward):
 
     def __init__(self, config: AestheticConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)
-        tag_cfg = pretrained_config(config.clip_model, config.clip_pretrained)
+        option = "rewards.laion-aesthetic.clip_model"
+        tag_cfg = pretrained_config(config.clip_model, config.clip_pretrained, option)
         head_path = resolve_file(
             config.head,
             what=f"aesthetic MLP head {HEAD_FILE}",
@@ -93,7 +94,12 @@ class LaionAesthetic(ClipFamilyReward):
             hub=hub,
         )
         self.clip = build_open_clip(
-            config.clip_model, config.clip_pretrained, clip_path, runtime, "aesthetic CLIP weights"
+            config.clip_model,
+            config.clip_pretrained,
+            clip_path,
+            runtime,
+            "aesthetic CLIP weights",
+            option,
         )
         self.transform = open_clip_transform(self.clip.preprocess_cfg)
         state = load_state_dict(head_path, "aesthetic MLP head")

@@ -59,7 +59,7 @@ class ClipScore(ClipFamilyReward):
 
     def __init__(self, config: ClipScoreConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)
-        tag_cfg = pretrained_config(config.model, config.pretrained)
+        tag_cfg = pretrained_config(config.model, config.pretrained, "rewards.clip-score.model")
         hub = hub_files(tag_cfg)
         repo = next(iter(hub), "")
         how = (
@@ -75,7 +75,12 @@ class ClipScore(ClipFamilyReward):
             hub=hub,
         )
         self.clip = build_open_clip(
-            config.model, config.pretrained, checkpoint, runtime, "CLIP-score weights"
+            config.model,
+            config.pretrained,
+            checkpoint,
+            runtime,
+            "CLIP-score weights",
+            "rewards.clip-score.model",
         )
         self.transform = open_clip_transform(self.clip.preprocess_cfg)
 

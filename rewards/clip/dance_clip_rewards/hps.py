@@ -55,7 +55,9 @@ class HpsReward(ClipFamilyReward):
 
     def __init__(self, config: HpsConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)
-        pretrained_config(config.model, "")  # unknown architecture: fail before the file search
+        pretrained_config(
+            config.model, "", "rewards.hps.model"
+        )  # unknown architecture: fail before the file search
         checkpoint = resolve_file(
             config.checkpoint,
             what=f"HPS-v2.1 checkpoint {HPS_FILE}",
@@ -64,7 +66,9 @@ class HpsReward(ClipFamilyReward):
             hub={HPS_REPO: (HPS_FILE,)},
             fallbacks=(Path("~/.cache/hpsv2") / HPS_FILE,),
         )
-        self.clip = build_open_clip(config.model, "", checkpoint, runtime, "HPS-v2.1 checkpoint")
+        self.clip = build_open_clip(
+            config.model, "", checkpoint, runtime, "HPS-v2.1 checkpoint", "rewards.hps.model"
+        )
         self.transform = hps_transform(self.clip.preprocess_cfg)
 
     def score_images(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:

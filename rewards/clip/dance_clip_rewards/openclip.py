@@ -28,11 +28,62 @@ HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
 
 
-def pretrained_config(model_name: str, tag: str) -> dict[str, Any]:
-    """open_clip's table entry for ``(model_name, tag)``; ``{}`` for no tag; ConfigError if the
-    architecture or the tag is unknown to open_clip."""
+def check_offline(model_name: str, option: str) -> None:
+    """Raise a ConfigError naming ``option`` when open_clip would download something to build
+    ``model_name``: a config from the Hub (``hf-hub:``), a Hugging Face tokenizer or text tower
+    that is not in the local cache (``ViT-B-16-SigLIP``, ``roberta-ViT-B-32``), or a SigLIP
+    vocabulary that open_clip fetches from a URL. dance never downloads; the message says what
+    to fetch beforehand."""
     import open_clip
 
+    if model_name.startswith("hf-hub:"):
+        raise ConfigError(
+            f"{option} '{model_name}' makes open_clip fetch its config from the Hugging Face Hub,"
+            " and dance never downloads: use an open_clip architecture name (see"
+            " open_clip.list_models(), e.g. ViT-H-14) with a local checkpoint file."
+        )
+    config = open_clip.get_model_config(model_name)
+    if config is None:
+        return  # unknown names are reported by pretrained_config
+    text_cfg = config.get("text_cfg", {})
+    needs = {
+        "tokenizer": text_cfg.get("hf_tokenizer_name", ""),
+        "text tower": text_cfg.get("hf_model_name", ""),
+    }
+    for part, repo in needs.items():
+        if repo and not _in_hf_cache(repo):
+            raise ConfigError(
+                f"{option} '{model_name}': open_clip takes its {part} from the Hugging Face repo"
+                f" '{repo}', which is not in the local cache, and dance never downloads; fetch it"
+                f" beforehand (`hf download {repo}`) or choose an architecture whose tokenizer and"
+                " text tower ship with open_clip (e.g. ViT-H-14)."
+            )
+    if "siglip" in model_name.lower() and not needs["tokenizer"]:
+        raise ConfigError(
+            f"{option} '{model_name}': open_clip downloads the SigLIP vocabulary from a URL, and"
+            " dance never downloads; choose an architecture whose tokenizer ships with open_clip"
+            " (e.g. ViT-H-14)."
+        )
+
+
+def _in_hf_cache(repo: str) -> bool:
+    """Whether the local Hugging Face cache holds ``repo``'s config (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("config.json", "tokenizer_config.json"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str) and Path(found).is_file():
+            return True
+    return False
+
+
+def pretrained_config(model_name: str, tag: str, option: str = "model") -> dict[str, Any]:
+    """open_clip's table entry for ``(model_name, tag)``; ``{}`` for no tag; ConfigError (naming
+    ``option``) if the architecture or the tag is unknown to open_clip or the architecture
+    needs a download (:func:`check_offline`)."""
+    import open_clip
+
+    check_offline(model_name, option)
     if open_clip.get_model_config(model_name) is None:
         known = open_clip.list_models()
         raise ConfigError(
@@ -97,13 +148,14 @@ def _quiet_random_init() -> Iterator[None]:
 
 
 def build_open_clip(
-    model_name: str, tag: str, checkpoint: Path, runtime: Runtime, what: str
+    model_name: str, tag: str, checkpoint: Path, runtime: Runtime, what: str, option: str = "model"
 ) -> OpenClip:
     """Build ``model_name`` without weights, load ``checkpoint`` into it, freeze it and move it to
-    the runtime's device in ``runtime.frozen_dtype``."""
+    the runtime's device in ``runtime.frozen_dtype``. ``option`` names the model option in
+    messages."""
     import open_clip
 
-    tag_cfg = pretrained_config(model_name, tag)
+    tag_cfg = pretrained_config(model_name, tag, option)
     state = load_state_dict(checkpoint, what)
     with _quiet_random_init():
         model = open_clip.create_model(

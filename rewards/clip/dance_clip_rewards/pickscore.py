@@ -19,7 +19,9 @@ import torch.nn.functional as F
 
 from dance.config import option
 from dance.errors import ModelLayoutError
+from dance.files import first_line
 from dance.interfaces import Runtime
+from dance.model_layout import check_component_files, load_pretrained
 from dance_clip_rewards.base import ClipFamilyReward, ClipRewardOptions, unique
 from dance_clip_rewards.preprocess import clip_processor_transform, preprocess
 
@@ -40,18 +42,41 @@ class PickScoreConfig(ClipRewardOptions):
     )
 
 
-def _load(loader: Any, source: str, what: str, option_name: str, **kwargs: Any) -> Any:
-    """``loader.from_pretrained(source, local_files_only=True)`` with a one-line error."""
+def _load(
+    loader: Any, source: str, what: str, option_name: str, model: bool = False, **kwargs: Any
+) -> Any:
+    """``loader.from_pretrained`` of a local directory or a repo id in the local Hugging Face
+    cache, never downloading, with one-line errors: a source that is not there says where to get
+    it; a damaged file is named (a FileFault); a ``model`` with weights missing or not finite is
+    refused (:func:`dance.model_layout.load_pretrained`)."""
     local = Path(source).expanduser()
-    target = str(local) if local.is_dir() else source
-    try:
-        return loader.from_pretrained(target, local_files_only=True, **kwargs)
-    except (OSError, ValueError) as exc:
+    folder = local if local.is_dir() else _cached_folder(source)
+    if folder is None:
         raise ModelLayoutError(
             f"{what} not found at '{source}' (a local directory or a repo id in the Hugging "
             f"Face cache); download it with `huggingface-cli download {source}` or set "
-            f"{option_name}=DIR ({type(exc).__name__})."
-        ) from exc
+            f"{option_name}=DIR."
+        )
+    if model:
+        return load_pretrained(loader, folder, **kwargs)
+    check_component_files(folder)
+    try:
+        return loader.from_pretrained(str(folder), local_files_only=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLayoutError(
+            f"{what} in '{folder}' is incomplete ({first_line(exc)}); download it again or set"
+            f" {option_name}=DIR."
+        ) from None
+
+
+def _cached_folder(repo_id: str) -> Path | None:
+    """The snapshot folder of ``repo_id`` in the local Hugging Face cache, or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not a repo id, or not cached: both mean "not here"
+        return None
 
 
 def _pooled(output: Any) -> torch.Tensor:
@@ -73,7 +98,9 @@ class PickScore(ClipFamilyReward):
         self.processor = _load(
             CLIPProcessor, config.processor, "CLIP processor", "rewards.pickscore.processor"
         )
-        model = _load(CLIPModel, config.model, "PickScore weights", "rewards.pickscore.model")
+        model = _load(
+            CLIPModel, config.model, "PickScore weights", "rewards.pickscore.model", model=True
+        )
         # exp(logit_scale) read before the cast: ln(100) = 4.6052 in bf16 is 4.59375, which
         # would scale every score by 0.989.
         self.logit_scale = float(model.logit_scale.detach().float().exp())

@@ -8,13 +8,13 @@ option to set.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
-from dance.errors import ModelLayoutError
+from dance.errors import FileFault, ModelLayoutError
+from dance.files import check_finite, first_line, torch_load_error
 
 
 def cached_hub_file(repo_id: str, filenames: Iterable[str]) -> Path | None:
@@ -43,6 +43,10 @@ def resolve_file(
         path = Path(value).expanduser()
         if path.is_file():
             return path
+        if path.is_dir():
+            raise ModelLayoutError(
+                f"{option}={path} is a directory; expected the {what} file itself ({how_to_get})."
+            )
         raise ModelLayoutError(
             f"{what} not found at '{path}'; {how_to_get}, then set {option}=PATH."
         )
@@ -72,18 +76,15 @@ def load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
         try:
             state = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
-            raise ModelLayoutError(
-                f"{what} '{path}' is not a readable safetensors file: {exc}"
-            ) from exc
+            raise FileFault(
+                f"{what} '{path}' is corrupt or truncated: not a readable safetensors file"
+                f" ({first_line(exc)})."
+            ) from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLayoutError(
-                f"{what} '{path}' does not load with torch.load(weights_only=True) ({first}); "
-                "use a plain tensor checkpoint or .safetensors (pickled objects are refused)."
-            ) from exc
+        except Exception as exc:  # torch raises many types for a foreign or damaged file
+            raise torch_load_error(exc, f"{what} '{path}'") from None
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not state:
@@ -91,6 +92,7 @@ def load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     bad = [k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise ModelLayoutError(f"{what} '{path}' has non-tensor entries, e.g. {bad[0]!r}.")
+    check_finite(state.items(), f"{what} '{path}'")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)

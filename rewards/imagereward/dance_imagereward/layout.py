@@ -23,7 +23,6 @@ ImageReward's training script does when distributed) has every key prefixed with
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -33,7 +32,8 @@ from typing import Any
 
 import torch
 
-from dance.errors import ModelLayoutError
+from dance.errors import FileFault, ModelLayoutError
+from dance.files import check_finite, first_line, read_json, torch_load_error
 
 CHECKPOINT_FILE = "ImageReward.pt"
 SAFETENSORS_FILE = "ImageReward.safetensors"
@@ -208,10 +208,9 @@ def text_config(med: Mapping[str, Any], encoder_width: int, where: str = MED_CON
 
 
 def read_med_config(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelLayoutError(f"cannot read the ImageReward med config {path}: {err}") from None
+    if not path.is_file():
+        raise ModelLayoutError(f"the ImageReward med config {path} does not exist")
+    return read_json(path, "ImageReward med config")
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -224,12 +223,18 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: say which, keep the cause
-        raise ModelLayoutError(f"cannot read the ImageReward checkpoint {path}: {err}") from err
+    except Exception as err:  # a foreign, corrupt or truncated file: say which and why
+        if path.suffix == ".safetensors":
+            raise FileFault(
+                f"cannot read the ImageReward checkpoint {path}: the file is corrupt or truncated"
+                f" ({first_line(err)})"
+            ) from None
+        raise torch_load_error(err, f"the ImageReward checkpoint {path}") from None
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
         raise ModelLayoutError(f"{path} is not a state dict of tensors (ImageReward.pt's layout)")
+    check_finite(state.items(), path)
     return dict(state)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from dance.errors import ModelLayoutError
+from dance.model_layout import load_tokenizer as load_local_tokenizer
 
 DEFAULT_TOKENIZER = "bert-base-uncased"
 MAX_LENGTH = 35  # ImageReward.score: max_length=35
@@ -62,7 +63,7 @@ def load_tokenizer(name: str) -> Any:
     from transformers import BertTokenizer
 
     directory = tokenizer_directory(name)
-    tokenizer = BertTokenizer.from_pretrained(str(directory), local_files_only=True)
+    tokenizer = load_local_tokenizer(BertTokenizer, directory)
     if tokenizer.convert_tokens_to_ids("[CLS]") == tokenizer.unk_token_id or len(tokenizer) <= 5:
         raise _not_found(name, f"in {directory} has no usable WordPiece vocabulary")
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})

@@ -27,7 +27,6 @@ tower, ``base_model.model.model.*`` for the language model); transformers 5 nest
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass
@@ -37,6 +36,9 @@ from typing import Any
 import torch
 
 from dance.errors import ModelLayoutError
+from dance.files import check_finite, read_json, read_text, torch_load_error
+from dance.model_layout import load_pretrained
+from dance.model_layout import load_tokenizer as load_tokenizer_files
 from dance_videoalign.frames import VisionSpec
 from dance_videoalign.prompt import REWARD_TOKENS, TEMPLATE_TYPE
 
@@ -84,10 +86,9 @@ def read_model_config(reward_dir: Path) -> dict[str, Any]:
         raise ModelLayoutError(
             f"reward model directory {reward_dir} has no model_config.json; {REWARD_EXPECTED}"
         )
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelLayoutError(f"{path} is not valid JSON ({exc})") from None
+    config = read_json(path, "VideoAlign model config")
+    if not isinstance(config, dict):
+        raise ModelLayoutError(f"{path} is not a JSON object; {REWARD_EXPECTED}")
     for section in ("data_config", "model_config", "peft_lora_config"):
         if not isinstance(config.get(section), dict):
             raise ModelLayoutError(f"{path} has no '{section}' section; {REWARD_EXPECTED}")
@@ -159,7 +160,7 @@ def check_base(base_dir: Path) -> None:
 
 def vision_spec(base_dir: Path) -> VisionSpec:
     """Patch sizes and normalisation from the base model's preprocessor_config.json."""
-    raw = json.loads((base_dir / "preprocessor_config.json").read_text())
+    raw = read_json(base_dir / "preprocessor_config.json", "preprocessor config")
     default = VisionSpec()
     return VisionSpec(
         patch_size=int(raw.get("patch_size", default.patch_size)),
@@ -175,7 +176,7 @@ def load_tokenizer(base_dir: Path):
     """The base tokenizer, right padding, with the reward tokens added as VideoAlign adds them."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+    tokenizer = load_tokenizer_files(AutoTokenizer, base_dir)
     # VideoAlign builds its processor with padding_side="right"; the reward tokens are then read
     # from right-padded rows whose positions start at 0, the layout the model was trained on.
     tokenizer.padding_side = "right"
@@ -203,8 +204,8 @@ def build_peft_model(base_dir: Path, config: dict[str, Any], dtype: torch.dtype)
     from transformers import Qwen2VLForConditionalGeneration
 
     tokenizer = load_tokenizer(base_dir)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(
-        base_dir, local_files_only=True, dtype=dtype, attn_implementation="sdpa"
+    model = load_pretrained(
+        Qwen2VLForConditionalGeneration, base_dir, dtype=dtype, attn_implementation="sdpa"
     )
     hidden = model.config.text_config.hidden_size
     output_dim = int(config["model_config"]["output_dim"])
@@ -263,8 +264,9 @@ def load_state(model: torch.nn.Module, weights: Path) -> None:
     """Load ``model.pth`` strictly: every key of the model, nothing else, same shapes."""
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise ModelLayoutError(f"cannot read {weights} as a torch state dict ({exc})") from None
+    except Exception as exc:  # torch raises many types for a foreign or damaged file
+        raise torch_load_error(exc, f"the VideoAlign weights {weights}") from None
+    check_finite(state.items(), weights)
     state = from_legacy_keys(state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -303,8 +305,9 @@ def chat_template_of(base_dir: Path, tokenizer: Any) -> str:
     for name in ("chat_template.json", "chat_template.jinja"):
         path = base_dir / name
         if path.is_file():
-            text = path.read_text()
-            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+            if name.endswith(".json"):
+                return read_json(path, "chat template")["chat_template"]
+            return read_text(path, "chat template", "a Jinja chat template")
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.chat_template
     raise ModelLayoutError(
