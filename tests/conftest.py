@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +29,5 @@ def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from dance_flux.tiny import build_tiny_flux
 
     path = tmp_path_factory.mktemp("flux") / "tiny-flux"
-    start = time.perf_counter()
     build_tiny_flux(path, seed=0)
-    assert time.perf_counter() - start < 10, "the tiny checkpoint should build in about a second"
     return path

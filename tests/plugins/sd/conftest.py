@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,9 +23,7 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from dance_sd.tiny import build_tiny_sd
 
     path = tmp_path_factory.mktemp("sd") / "tiny-sd"
-    start = time.perf_counter()
     build_tiny_sd(path, seed=0)
-    assert time.perf_counter() - start < 15, "the tiny checkpoint should build in a few seconds"
     return path
 
 
