@@ -115,6 +115,15 @@ SCENARIOS = {
 COMMON = {"iterations": 2, "learning_rate": 1e-3, "sample_every": 1, "checkpoint_every": 0}
 
 
+
+def _full(param: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a parameter: FSDP2 shards it over the ranks (a DTensor) when the
+    network is sharded; a collective, so every rank calls it for every parameter."""
+    from torch.distributed.tensor import DTensor
+
+    data = param.detach()
+    return data.full_tensor() if isinstance(data, DTensor) else data
+
 def run_scenario(name: str, folder: str) -> dict:
     """Run one scenario in ``folder`` (on every rank of the current job) and record what each
     iteration computed; rank 0 adds the logged metrics and the files it wrote."""
@@ -128,7 +137,7 @@ def run_scenario(name: str, folder: str) -> dict:
     registry = load_registry(extra={"toy": toy_policy, "brightness": _plugin})
     out = root / f"{name}-{dist.world_size()}"
     trainer = GRPOTrainer(resolve(raw, registry), out, dance.Runtime.auto(), registry)
-    initial = [p.detach().clone() for p in trainer.params]
+    initial = [_full(p).clone() for p in trainer.params]
     seen: dict[str, list] = {"rewards": [], "advantages": [], "trained": []}
     compute, update = trainer.advantage.compute, trainer.update
 
@@ -144,8 +153,8 @@ def run_scenario(name: str, folder: str) -> dict:
 
     trainer.advantage.compute, trainer.update = spy_compute, spy_update
     trainer.run()
-    seen["delta"] = [p.detach() - q for p, q in zip(trainer.params, initial, strict=True)]
-    seen["weights"] = [p.detach().clone() for p in trainer.params]
+    seen["delta"] = [_full(p) - q for p, q in zip(trainer.params, initial, strict=True)]
+    seen["weights"] = [_full(p).clone() for p in trainer.params]
     if dist.is_main():
         seen["metrics"] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         seen["grid"] = _pixels(out / "samples" / "iter-000001.png")

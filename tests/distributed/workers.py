@@ -118,11 +118,11 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
         trainer.optimizer.zero_grad(set_to_none=True)
     step = trainer._optimizer_step
 
-    def measured_step() -> float:
+    def measured_step(*args: object) -> float:
         if "grad_bytes" not in result:
             grads = [p.grad for p in trainer.params if p.grad is not None]
             result["grad_bytes"] = local_bytes(grads)
-        return step()
+        return step(*args)
 
     trainer._optimizer_step = measured_step  # type: ignore[method-assign]
     if args.get("kill_at"):
