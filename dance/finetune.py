@@ -4,7 +4,7 @@ KL term, and trained weights that the model's diffusers pipeline loads back.
 A policy that trains one network of a diffusers pipeline (a FLUX or HunyuanVideo transformer, a
 Stable Diffusion UNet) builds a :class:`TrainedWeights` around it and delegates to it (subclassing
 :class:`FinetunedPolicy` does the delegating); its config declares the fields of
-:class:`FinetuneOptions` (the ``*_option`` functions give their declarations):
+:class:`FinetuneOptions` (:class:`dance.diffusers_policy.DiffusersPolicyConfig` declares them):
 
 - LoRA (``finetune = "lora"``): peft adapters, fp32, over frozen base weights in the runtime's
   frozen dtype. The reference model is the same network with its adapters disabled. Trained weights
@@ -30,7 +30,6 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from dance.config import option
 from dance.errors import ConfigError, UsageError
 from dance.interfaces import Policy, Runtime
 from dance.model_layout import shard_names
@@ -47,32 +46,6 @@ class FinetuneOptions(Protocol):
     lora_rank: int
     lora_alpha: float
     lora_targets: Sequence[str]
-
-
-def finetune_option(network: str, note: str = "") -> Any:
-    """The ``finetune`` field of a policy config: LoRA on ``network`` or all of it."""
-    return option(
-        "lora",
-        f"What trains: LoRA adapters on the {network} ('lora') or the whole {network}"
-        f" ('full'{note}).",
-        choices=("lora", "full"),
-    )
-
-
-def lora_rank_option(default: int, note: str = "") -> Any:
-    """The ``lora_rank`` field of a policy config; ``note`` says where the default comes from."""
-    return option(default, f"LoRA rank r{note}.", ge=1)
-
-
-def lora_alpha_option(default: float, note: str = "") -> Any:
-    """The ``lora_alpha`` field of a policy config; ``note`` says where the default comes from."""
-    return option(default, f"LoRA alpha; the adapter output is scaled by alpha / r{note}.", gt=0)
-
-
-def check_finetune_options(options: FinetuneOptions) -> None:
-    """The config check of the fields above (for a config's ``check``)."""
-    if options.finetune == "lora" and not options.lora_targets:
-        raise ConfigError("policy.lora_targets is empty: name the modules that get LoRA")
 
 
 @dataclass(frozen=True)
