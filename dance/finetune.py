@@ -102,8 +102,12 @@ class TrainedWeights:
         options: FinetuneOptions,
         runtime: Runtime,
         policy: str,
+        lora_exclude: Sequence[str] = (),
     ) -> None:
         self.target, self.options, self.runtime, self.policy = target, options, runtime, policy
+        # Modules (full names) that match lora_targets but get no adapter: ones whose output the
+        # network discards, so that an adapter there could never train.
+        self.lora_exclude = list(lora_exclude)
         self.lora = options.finetune == "lora"
         network.requires_grad_(False)
         if self.lora:
@@ -129,6 +133,7 @@ class TrainedWeights:
             r=opts.lora_rank,
             lora_alpha=opts.lora_alpha,
             target_modules=list(opts.lora_targets),
+            exclude_modules=self.lora_exclude or None,
             init_lora_weights="gaussian",  # as diffusers' LoRA training scripts
         )
         # A fixed seed, on CPU and apart from the global RNG: every rank of a run starts from the
@@ -379,9 +384,19 @@ class FinetunedPolicy(Policy):
             local_files_only=True,
         )
         self.trained = TrainedWeights(
-            network, self.trained_network, self.config, self.runtime, self.name
+            network,
+            self.trained_network,
+            self.config,
+            self.runtime,
+            self.name,
+            lora_exclude=self.lora_exclude(network),
         )
         return self.trained.network
+
+    def lora_exclude(self, network: torch.nn.Module) -> list[str]:
+        """Full names of modules of ``network`` that LoRA leaves alone although they match
+        policy.lora_targets (none by default)."""
+        return []
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.trained.trainable)

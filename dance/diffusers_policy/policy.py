@@ -185,6 +185,18 @@ class DiffusersPolicy(FinetunedPolicy):
             for k, t in zip(keys, like, strict=True)
         ]
 
+    def check_latents(self, latents: torch.Tensor) -> None:
+        """ValueError unless ``latents`` are [B, *latent_shape] (the configured size's)."""
+        if tuple(latents.shape[1:]) != self.latent_shape:
+            cfg = self.config
+            size = f"{cfg.height}x{cfg.width}"
+            frames = getattr(cfg, "num_frames", None)
+            size = f"{size}, {frames} frames" if frames else size
+            raise ValueError(
+                f"latents of shape {tuple(latents.shape)} do not match policy.height x width ="
+                f" {size}, whose latents are [B, {', '.join(map(str, self.latent_shape))}]"
+            )
+
     # --- noise and decoding --------------------------------------------------------------------
 
     def initial_noise(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:

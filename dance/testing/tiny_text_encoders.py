@@ -12,13 +12,19 @@ from typing import Any
 TEXT_DIM = 32  # hidden size of the tiny text encoders
 
 
-def tiny_clip_text_encoder(tokenizer: Any, hidden_size: int = TEXT_DIM) -> Any:
+def tiny_clip_text_encoder(
+    tokenizer: Any, hidden_size: int = TEXT_DIM, with_projection: bool = False
+) -> Any:
     """A random two-layer ``CLIPTextModel`` with OpenAI CLIP's text options (quick GELU, 77
-    positions) whose vocabulary and special token ids are ``tokenizer``'s."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    positions) whose vocabulary and special token ids are ``tokenizer``'s;
+    ``CLIPTextModelWithProjection`` (SD3's two CLIP encoders) with ``with_projection``."""
+    import transformers
 
-    return CLIPTextModel(
-        CLIPTextConfig(
+    model_class = (
+        transformers.CLIPTextModelWithProjection if with_projection else transformers.CLIPTextModel
+    )
+    return model_class(
+        transformers.CLIPTextConfig(
             vocab_size=len(tokenizer),
             hidden_size=hidden_size,
             intermediate_size=37,

@@ -267,12 +267,7 @@ class HunyuanFamilyPolicy(DiffusersPolicy):
         self, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning
     ) -> torch.Tensor:
         """Flow velocity [B, C, F, h, w] (fp32) at sigma ``timesteps [B]``."""
-        if tuple(latents.shape[1:]) != self.latent_shape:
-            raise ValueError(
-                f"latents of shape {tuple(latents.shape)} do not match policy.num_frames x height x"
-                f" width = {self.config.num_frames}x{self.config.height}x{self.config.width}, whose"
-                f" latents are [B, {', '.join(map(str, self.latent_shape))}]"
-            )
+        self.check_latents(latents)
         model, dtype = self.trained.forward_network()  # the reference inside reference()
         # The pipeline's scheduler timesteps: sigma * 1000, in fp32 (the latents' dtype).
         t = timesteps.to(self.runtime.device, torch.float32).expand(latents.shape[0])
