@@ -4,7 +4,7 @@ KL term, and trained weights that the model's diffusers pipeline loads back.
 A policy that trains one network of a diffusers pipeline (a FLUX or HunyuanVideo transformer, a
 Stable Diffusion UNet) builds a :class:`TrainedWeights` around it and delegates to it (subclassing
 :class:`FinetunedPolicy` does the delegating); its config declares the fields of
-:class:`FinetuneOptions` (the ``*_option`` functions give their declarations):
+:class:`FinetuneOptions` (:class:`dance.diffusers_policy.DiffusersPolicyConfig` declares them):
 
 - LoRA (``finetune = "lora"``): peft adapters, fp32, over frozen base weights in the runtime's
   frozen dtype. The reference model is the same network with its adapters disabled. Trained weights
@@ -30,7 +30,6 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from dance.config import option
 from dance.errors import ConfigError, FileFault, UsageError
 from dance.files import check_finite, first_line
 from dance.interfaces import Policy, Runtime
@@ -48,32 +47,6 @@ class FinetuneOptions(Protocol):
     lora_rank: int
     lora_alpha: float
     lora_targets: Sequence[str]
-
-
-def finetune_option(network: str, note: str = "") -> Any:
-    """The ``finetune`` field of a policy config: LoRA on ``network`` or all of it."""
-    return option(
-        "lora",
-        f"What trains: LoRA adapters on the {network} ('lora') or the whole {network}"
-        f" ('full'{note}).",
-        choices=("lora", "full"),
-    )
-
-
-def lora_rank_option(default: int, note: str = "") -> Any:
-    """The ``lora_rank`` field of a policy config; ``note`` says where the default comes from."""
-    return option(default, f"LoRA rank r{note}.", ge=1)
-
-
-def lora_alpha_option(default: float, note: str = "") -> Any:
-    """The ``lora_alpha`` field of a policy config; ``note`` says where the default comes from."""
-    return option(default, f"LoRA alpha; the adapter output is scaled by alpha / r{note}.", gt=0)
-
-
-def check_finetune_options(options: FinetuneOptions) -> None:
-    """The config check of the fields above (for a config's ``check``)."""
-    if options.finetune == "lora" and not options.lora_targets:
-        raise ConfigError("policy.lora_targets is empty: name the modules that get LoRA")
 
 
 @dataclass(frozen=True)
@@ -130,8 +103,12 @@ class TrainedWeights:
         options: FinetuneOptions,
         runtime: Runtime,
         policy: str,
+        lora_exclude: Sequence[str] = (),
     ) -> None:
         self.target, self.options, self.runtime, self.policy = target, options, runtime, policy
+        # Modules (full names) that match lora_targets but get no adapter: ones whose output the
+        # network discards, so that an adapter there could never train.
+        self.lora_exclude = list(lora_exclude)
         self.lora = options.finetune == "lora"
         network.requires_grad_(False)
         if self.lora:
@@ -164,6 +141,7 @@ class TrainedWeights:
             r=opts.lora_rank,
             lora_alpha=opts.lora_alpha,
             target_modules=list(opts.lora_targets),
+            exclude_modules=self.lora_exclude or None,
             init_lora_weights="gaussian",  # as diffusers' LoRA training scripts
         )
         # A fixed seed, on CPU and apart from the global RNG: every rank of a run starts from the
@@ -465,9 +443,19 @@ class FinetunedPolicy(Policy):
             model_class, Path(folder), torch_dtype=weights_dtype(self.config.finetune, self.runtime)
         )
         self.trained = TrainedWeights(
-            network, self.trained_network, self.config, self.runtime, self.name
+            network,
+            self.trained_network,
+            self.config,
+            self.runtime,
+            self.name,
+            lora_exclude=self.lora_exclude(network),
         )
         return self.trained.network
+
+    def lora_exclude(self, network: torch.nn.Module) -> list[str]:
+        """Full names of modules of ``network`` that LoRA leaves alone although they match
+        policy.lora_targets (none by default)."""
+        return []
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.trained.trainable)

@@ -15,18 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from dance.config import option
-
 logger = logging.getLogger(__name__)
-
-
-def offload_frozen_option() -> bool:
-    """The ``offload_frozen`` field of a policy config."""
-    return option(
-        False,
-        "on CUDA, keep the text encoders and the VAE in CPU memory and move each to the GPU only "
-        "while it runs (saves their size in GPU memory, costs a host-to-device copy per use)",
-    )
 
 
 class FrozenOffload:

@@ -33,6 +33,7 @@ def test_bundled_recipe_resolves(registry, name):
         ("sd-hps-clip", "sd", [("hps", "", 0.7), ("clip-score", "", 1.4)]),
         ("hunyuan-video", "hunyuan-video", [("videoalign", "vq", 1.0)]),
         ("skyreels-i2v", "skyreels-i2v", [("videoalign", "mq", 1.0)]),
+        ("sd3-pickscore", "sd3", [("pickscore", "", 1.0)]),
         ("demo", "flux", None),
     ],
 )

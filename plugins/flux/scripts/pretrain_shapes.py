@@ -31,41 +31,30 @@ MAX_SEQUENCE_LENGTH = 16  # the longest grammar prompt is 9 T5 tokens + </s>
 SHIFT = 3.0
 
 
-def build_modules(seed: int):  # noqa: ANN201
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
-
+def build_modules(seed: int) -> dict:
     from dance.testing.tiny_tokenizers import clip_tokenizer, t5_tokenizer
-    from dance_flux.tiny import TEXT_DIM, tiny_text_encoders
+    from dance.testing.tiny_vae import tiny_autoencoder_kl
+    from dance_flux.tiny import tiny_flux_transformer, tiny_text_encoders
 
-    tokenizer, tokenizer_2 = clip_tokenizer(), t5_tokenizer()
+    # FluxPipeline's components by name.
+    parts = {"tokenizer": clip_tokenizer(), "tokenizer_2": t5_tokenizer()}
     torch.manual_seed(seed)
-    text_encoder, text_encoder_2 = tiny_text_encoders(tokenizer, tokenizer_2)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        latent_channels=4,
-        sample_size=SIZE,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
+    parts["text_encoder"], parts["text_encoder_2"] = tiny_text_encoders(
+        parts["tokenizer"], parts["tokenizer_2"]
     )
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,  # 4 latent channels x 2x2 packing
+    parts["vae"] = tiny_autoencoder_kl(
+        (16, 32, 32), norm_num_groups=8, sample_size=SIZE, quant_convs=False
+    )
+    # 4 latent channels x 2x2 packing; no guidance embedding (trained without guidance).
+    parts["transformer"] = tiny_flux_transformer(
         num_layers=2,
         num_single_layers=2,
-        attention_head_dim=32,
+        width=128,
         num_attention_heads=4,
-        joint_attention_dim=TEXT_DIM,
-        pooled_projection_dim=TEXT_DIM,
         guidance_embeds=False,
         axes_dims_rope=(8, 12, 12),
     )
-    return tokenizer, tokenizer_2, text_encoder, text_encoder_2, vae, transformer
+    return parts
 
 
 def render_dataset(
@@ -238,9 +227,8 @@ def main() -> None:
 
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
-    tokenizer, tokenizer_2, text_encoder, text_encoder_2, vae, transformer = build_modules(
-        args.seed
-    )
+    parts = build_modules(args.seed)
+    vae, transformer = parts["vae"], parts["transformer"]
     images, prompts = render_dataset(args.images, args.seed, args.caption_noise)
     print(f"rendered {len(images)} scenes in {time.perf_counter() - start:.0f}s")
 
@@ -251,15 +239,8 @@ def main() -> None:
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     latents = (latents - shift) * scale
 
-    pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT, use_dynamic_shifting=False),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
-    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=SHIFT, use_dynamic_shifting=False)
+    pipe = FluxPipeline(scheduler=scheduler, **parts)
     embeds = {}
     with torch.no_grad():
         for p in sorted(set(prompts)):

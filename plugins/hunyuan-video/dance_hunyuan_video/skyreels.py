@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from dance.config import option
+from dance.diffusers_policy import EmbeddingCache, override
 from dance.errors import UsageError
 from dance.interfaces import Conditioning, Prompt, Runtime
-from dance_hunyuan_video.base import HunyuanCommonConfig, HunyuanFamilyPolicy, LRUCache
+from dance_hunyuan_video.base import HunyuanCommonConfig, HunyuanFamilyPolicy
 
 
 @dataclass
@@ -31,16 +32,13 @@ class SkyReelsI2VConfig(HunyuanCommonConfig):
     """Options of the SkyReels-V1 image-to-video policy."""
 
     # DanceGRPO's SkyReels run (scripts/finetune/finetune_skyreels_i2v.sh: --h 400 --w 640 --t 53).
-    height: int = option(400, "Video height in pixels (a multiple of 16).", gt=0)
-    width: int = option(640, "Video width in pixels (a multiple of 16).", gt=0)
-    num_frames: int = option(
-        53, "Frames per video, 4k+1 (the VAE keeps the first and compresses the rest 4x).", ge=1
-    )
-    guidance: float = option(
+    height: int = override("height", 400)
+    width: int = override("width", 640)
+    guidance: float = override(
+        "guidance",
         1.0,
-        "Embedded guidance scale fed to the transformer's guidance embedding as scale x 1000"
-        " (the SkyReels pipeline's default 1.0; DanceGRPO passes 1000).",
-        ge=0.0,
+        note=" SkyReels: the pipeline's default 1.0; DanceGRPO passes 1000.",
+        base=HunyuanCommonConfig,
     )
     cfg_scale: float = option(
         5.0,
@@ -75,11 +73,11 @@ class SkyReelsI2VPolicy(HunyuanFamilyPolicy):
 
     name = "skyreels-i2v"
     config_class = SkyReelsI2VConfig
+    takes_image = True
 
     def __init__(self, config: SkyReelsI2VConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)
-        self._image_cache: LRUCache = LRUCache(config.prompt_cache_size)
-        self._negative: dict[str, torch.Tensor] | None = None
+        self._image_cache = EmbeddingCache(config.prompt_cache_size, config.cache_prompts)
 
     def _check_transformer_config(self, config: dict[str, Any]) -> None:
         if config.get("image_condition_type") is not None or config.get(
@@ -112,17 +110,12 @@ class SkyReelsI2VPolicy(HunyuanFamilyPolicy):
         other frames is added in predict, so the cache and the rollout store one frame)."""
         if self.config.cfg_scale != 1.0:
             self.negative_conditioning()  # encoded here, with the prompts, not inside predict
-        rows = []
-        for p in prompts:
-            key = _image_key(p.image)
-            if self.config.cache_prompts and key in self._image_cache:
-                rows.append(self._image_cache.get_recent(key))
-                continue
-            latent = self._encode_image(p.image)
-            if self.config.cache_prompts:
-                self._image_cache.put(key, latent)
-            rows.append(latent)
-        return {"image_latents": torch.stack(rows)}
+        (latents,) = self._image_cache.lookup(
+            [p.image for p in prompts],
+            lambda images: [torch.stack([self._encode_image(image) for image in images])],
+            key=_image_key,
+        )
+        return {"image_latents": latents}
 
     def prepare_image(self, image: torch.Tensor) -> torch.Tensor:
         """[C, H, W] in [0, 1] -> [1, 3, height, width] in [-1, 1], the VAE's input (the
@@ -165,49 +158,16 @@ class SkyReelsI2VPolicy(HunyuanFamilyPolicy):
                 latent = posterior.mode()
         return latent.float()[0] * vae.config.scaling_factor
 
-    def negative_conditioning(self) -> dict[str, torch.Tensor]:
-        """Embeddings of the negative prompt ([1, ...] each), encoded once and kept."""
-        if self._negative is None:
-            with torch.no_grad():
-                embeds, mask, pooled = self._run_text_encoders([self.config.negative_prompt])
-            self._negative = {
-                "prompt_embeds": embeds,
-                "prompt_attention_mask": mask,
-                "pooled_prompt_embeds": pooled,
-            }
-        return self._negative
-
     # --- prediction ----------------------------------------------------------------------------
 
-    def _guided_forward(
-        self,
-        model: torch.nn.Module,
-        dtype: torch.dtype,
-        latents: torch.Tensor,
-        timestep: torch.Tensor,
-        cond: Conditioning,
-    ) -> torch.Tensor:
-        """``negative + cfg_scale * (positive - negative)``, both branches in one batched call (as
-        DanceGRPO's SkyReels script), each reading [noisy latents, image latents] over channels."""
-        batch, _, frames = latents.shape[:3]
+    def _hidden_states(self, latents: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """[noisy latents, image latents] over channels [B, 2C, F, h, w]: the image latents are
+        the first frame, zero-padded over the others. The guidance (true CFG against the negative
+        prompt, negative + cfg_scale * (positive - negative)) is the family's."""
+        frames = latents.shape[2]
         image = cond["image_latents"].to(latents.device, latents.dtype)  # [B, C, 1, h, w]
         padding = image.new_zeros(image.shape[0], image.shape[1], frames - 1, *image.shape[3:])
-        hidden = torch.cat([latents, torch.cat([image, padding], dim=2)], dim=1)
-        keys = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
-        text = [cond[k].to(latents.device) for k in keys]
-        scale = self.config.cfg_scale
-        if scale == 1.0:
-            return self._transformer(model, dtype, hidden, timestep, *text)
-        negative = self.negative_conditioning()
-        text = [
-            torch.cat([t, negative[k].expand(batch, *t.shape[1:]).to(t.device, t.dtype)])
-            for k, t in zip(keys, text, strict=True)
-        ]
-        out = self._transformer(
-            model, dtype, torch.cat([hidden, hidden]), torch.cat([timestep, timestep]), *text
-        )
-        positive, unconditional = out.chunk(2)
-        return unconditional + scale * (positive - unconditional)
+        return torch.cat([latents, torch.cat([image, padding], dim=2)], dim=1)
 
 
 def _image_key(image: torch.Tensor) -> str:

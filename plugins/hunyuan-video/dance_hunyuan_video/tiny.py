@@ -13,15 +13,14 @@ by :mod:`dance.testing.tiny_tokenizers`.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dance.testing.tiny_text_encoders import TEXT_DIM, tiny_clip_text_encoder
+from dance.testing.tiny_cli import save_pipeline, tiny_checkpoint_main
+from dance.testing.tiny_text_encoders import TEXT_DIM, tiny_clip_text_encoder, tiny_llama_encoder
 from dance.testing.tiny_tokenizers import clip_tokenizer, llama3_tokenizer
 from dance_hunyuan_video.prompting import DEFAULT_TEMPLATE
 
@@ -41,24 +40,7 @@ def llama_tokenizer() -> Any:
 def tiny_text_encoders(tokenizer: Any, tokenizer_2: Any) -> tuple[Any, Any]:
     """Random tiny LlamaModel (3 layers: the pipeline reads the third hidden state from the end)
     and CLIPTextModel, drawn from the global RNG (seed or fork it around the call)."""
-    from transformers import LlamaConfig, LlamaModel
-
-    llama = LlamaModel(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=TEXT_DIM,
-            intermediate_size=37,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    clip = tiny_clip_text_encoder(tokenizer_2)
-    return llama, clip
+    return tiny_llama_encoder(tokenizer), tiny_clip_text_encoder(tokenizer_2)
 
 
 def tiny_vae() -> Any:
@@ -93,12 +75,15 @@ def build_tiny_hunyuan(path: str | Path, seed: int = 0, i2v: bool = False) -> Pa
         HunyuanVideoTransformer3DModel,
     )
 
-    tokenizer, tokenizer_2 = llama_tokenizer(), clip_tokenizer()
+    # The pipeline's components by name.
+    parts: dict[str, Any] = {"tokenizer": llama_tokenizer(), "tokenizer_2": clip_tokenizer()}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder, text_encoder_2 = tiny_text_encoders(tokenizer, tokenizer_2)
-        vae = tiny_vae()
-        transformer = HunyuanVideoTransformer3DModel(
+        parts["text_encoder"], parts["text_encoder_2"] = tiny_text_encoders(
+            parts["tokenizer"], parts["tokenizer_2"]
+        )
+        parts["vae"] = tiny_vae()
+        parts["transformer"] = HunyuanVideoTransformer3DModel(
             in_channels=LATENT_CHANNELS * (2 if i2v else 1),
             out_channels=LATENT_CHANNELS,
             num_attention_heads=2,
@@ -116,17 +101,8 @@ def build_tiny_hunyuan(path: str | Path, seed: int = 0, i2v: bool = False) -> Pa
     # The community checkpoint's scheduler config (shift 7).
     scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
     pipeline_class = HunyuanSkyreelsImageToVideoPipeline if i2v else HunyuanVideoPipeline
-    pipe = pipeline_class(
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
-        vae=vae,
-        scheduler=scheduler,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-    )
-    path = Path(path)
-    pipe.save_pretrained(path, safe_serialization=True)
+    pipe = pipeline_class(scheduler=scheduler, **parts)
+    path = save_pipeline(pipe, path)
     # The community checkpoint's model_index.json names the Llama tokenizer class this way.
     index_file = path / "model_index.json"
     index = json.loads(index_file.read_text())
@@ -135,18 +111,19 @@ def build_tiny_hunyuan(path: str | Path, seed: int = 0, i2v: bool = False) -> Pa
     return path
 
 
+FLAGS = {
+    "--i2v": {
+        "action": "store_true",
+        "help": "the SkyReels-V1 image-to-video layout (skyreels-i2v)",
+    }
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a tiny random HunyuanVideo checkpoint.")
-    parser.add_argument("out_dir", help="directory to write (diffusers layout)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--i2v", action="store_true", help="the SkyReels-V1 image-to-video layout (skyreels-i2v)"
-    )
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    path = build_tiny_hunyuan(args.out_dir, seed=args.seed, i2v=args.i2v)
-    kind = "SkyReels-V1 I2V" if args.i2v else "HunyuanVideo T2V"
-    print(f"wrote a tiny {kind} checkpoint to {path} in {time.perf_counter() - start:.2f} s")
+    def label(options: dict[str, Any]) -> str:
+        return "SkyReels-V1 I2V" if options["i2v"] else "HunyuanVideo T2V"
+
+    tiny_checkpoint_main(label, build_tiny_hunyuan, argv, **FLAGS)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,16 @@ so no download is involved.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dance.testing.tiny_cli import save_pipeline, tiny_checkpoint_main
 from dance.testing.tiny_text_encoders import TEXT_DIM, tiny_clip_text_encoder
 from dance.testing.tiny_tokenizers import clip_tokenizer_from_vocab_files, write_clip_vocab_files
+from dance.testing.tiny_vae import tiny_autoencoder_kl
 
 # Words that become whole tokens: test prompts tokenize into real pieces, other words into
 # characters (every byte has a token, so nothing maps to an unknown token). A list of its own, not
@@ -63,25 +63,14 @@ def tiny_components(seed: int = 0, vae_blocks: int = 2) -> dict[str, Any]:
     8). The UNet has SD's block structure (cross-attention down blocks, a plain down block and the
     mirrored up blocks), two levels only, with SD's ``attention_head_dim`` convention (heads).
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     tokenizer = clip_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_encoder = tiny_clip_text_encoder(tokenizer)
-        channels = (8, 16, 16, 16)[:vae_blocks]
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * vae_blocks,
-            up_block_types=("UpDecoderBlock2D",) * vae_blocks,
-            block_out_channels=channels,
-            layers_per_block=1,
-            norm_num_groups=4,
-            latent_channels=4,
-            sample_size=32,
-            scaling_factor=0.18215,  # SD 1.x's VAE normalisation
-        )
+        # SD 1.x's VAE normalisation (0.18215) and quant convs.
+        vae = tiny_autoencoder_kl((8, 16, 16, 16)[:vae_blocks])
         unet = UNet2DConditionModel(
             sample_size=16,
             in_channels=4,
@@ -113,8 +102,7 @@ def build_tiny_sd(path: str | Path, seed: int = 0, vae_blocks: int = 2) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    path = Path(path)
-    pipe.save_pretrained(path, safe_serialization=True)
+    path = save_pipeline(pipe, path)
     write_clip_vocab_files(path / "tokenizer", WORDS)
     # The SD repositories' scheduler_config.json also says clip_sample: false (a key PNDM ignores);
     # DDIMScheduler.from_config reads it, and DDIM's own default would clip x0 to [-1, 1].
@@ -125,17 +113,11 @@ def build_tiny_sd(path: str | Path, seed: int = 0, vae_blocks: int = 2) -> Path:
     return path
 
 
+FLAGS = {"--vae-blocks": {"type": int, "default": 2, "help": "VAE factor 2^(blocks-1)"}}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a tiny random Stable Diffusion checkpoint.")
-    parser.add_argument("out_dir", help="directory to write (diffusers layout)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-blocks", type=int, default=2, help="VAE factor 2^(blocks-1)")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    path = build_tiny_sd(args.out_dir, seed=args.seed, vae_blocks=args.vae_blocks)
-    print(
-        f"wrote a tiny Stable Diffusion checkpoint to {path} in {time.perf_counter() - start:.2f} s"
-    )
+    tiny_checkpoint_main("Stable Diffusion", build_tiny_sd, argv, **FLAGS)
 
 
 if __name__ == "__main__":

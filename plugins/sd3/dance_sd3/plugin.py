@@ -1,0 +1,13 @@
+"""Entry point of the Stable Diffusion 3 plugin: registers the ``sd3`` policy with dance."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dance
+from dance_sd3.policy import SD3Policy
+
+
+@dance.hookimpl
+def register_policies(register: Callable[[type], None]) -> None:
+    register(SD3Policy)
