@@ -1,0 +1,317 @@
+"""The wan-t2v policy against diffusers' WanPipeline on tiny random checkpoints (Wan2.1 T2V, Wan2.2
+TI2V-5B as text-to-video, Wan2.2 T2V-A14B): prompt encoding, guidance, experts, decoding, sampling
+end to end, LoRA weights loading back into the pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from wan_helpers import BOUNDARY, FRAMES, SIZE, TEXT_LEN, TEXTS, TI2V_SIZE, load_pipeline
+
+from dance.errors import ConfigError, UsageError
+from dance.interfaces import Prompt, Runtime
+from dance_wan.experts import expert_of_sigmas
+from dance_wan.prompting import DEFAULT_NEGATIVE_PROMPT
+
+
+@pytest.fixture
+def t2v_pipe(tiny_wan):  # noqa: ANN001, ANN201
+    from diffusers import WanPipeline
+
+    return load_pipeline(WanPipeline, tiny_wan)
+
+
+def test_loads_every_component_frozen_and_declares_its_blocks(make_t2v) -> None:
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+    from transformers import UMT5EncoderModel
+
+    policy = make_t2v()
+    assert isinstance(policy.text_encoder, UMT5EncoderModel)
+    assert isinstance(policy.vae, AutoencoderKLWan) and policy.vae.use_tiling
+    assert isinstance(policy.transformer, WanTransformer3DModel)
+    assert type(policy).block_classes == (WanTransformerBlock,)
+    for module in (policy.text_encoder, policy.vae):
+        assert not any(p.requires_grad for p in module.parameters())
+    trainable = policy.trainable_parameters()
+    assert trainable and all(".lora_" in n for n, p in policy.transformer.named_parameters()
+                             if p.requires_grad)  # fmt: skip
+
+
+def test_encode_matches_encode_prompt(make_t2v, t2v_pipe) -> None:
+    """Cleaning (HTML entities, whitespace), padding, zeroed states past the prompt, and the
+    negative prompt: the pipeline's encode_prompt."""
+    policy = make_t2v()
+    texts = [*TEXTS, "a  cat &amp;amp; a\n dog"]
+    cond = policy.encode([Prompt(t) for t in texts])
+    with torch.no_grad():
+        positive, negative = t2v_pipe.encode_prompt(
+            texts,
+            negative_prompt=[DEFAULT_NEGATIVE_PROMPT] * 3,
+            max_sequence_length=TEXT_LEN,
+        )
+    torch.testing.assert_close(cond["prompt_embeds"], positive, atol=1e-6, rtol=0)
+    torch.testing.assert_close(policy.negative_embeds(), negative[:1], atol=1e-6, rtol=0)
+    assert not cond["prompt_embeds"][0, -1].any()  # a short prompt: zeros after its tokens
+
+
+def test_encode_caches_each_prompt_once(make_t2v) -> None:
+    policy = make_t2v(prompt_cache_size=2)
+    calls = []
+    original = policy._run_text_encoder
+
+    def counting(texts):  # noqa: ANN001, ANN202
+        calls.append(list(texts))
+        return original(texts)
+
+    policy.negative_embeds()  # encoded once, with the first prompts
+    policy._run_text_encoder = counting
+    first = policy.encode([Prompt("a cat"), Prompt("a dog"), Prompt("a cat")])
+    again = policy.encode([Prompt("a dog")])
+    assert calls == [["a cat", "a dog"]]
+    torch.testing.assert_close(first["prompt_embeds"][1], again["prompt_embeds"][0])
+    policy.encode([Prompt("a fox")])  # evicts "a cat", the least recently read
+    policy.encode([Prompt("a cat")])
+    assert calls[-1] == ["a cat"]
+
+
+def test_encode_refuses_images_and_bad_configs(make_t2v, make_ti2v) -> None:
+    with pytest.raises(UsageError, match="text-to-video"):
+        make_t2v().encode([Prompt("a cat", image=torch.zeros(3, 8, 8))])
+    with pytest.raises(ConfigError, match="4k\\+1"):
+        make_t2v(num_frames=6)
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        make_ti2v(height=48, width=48)  # 16x VAE x patch 2
+
+
+def test_a_checkpoint_is_needed_and_the_kind_is_checked(tiny_wan_i2v) -> None:
+    from dance.config import build
+    from dance.errors import ModelLayoutError
+    from dance_wan import WanT2VConfig, WanT2VPolicy
+
+    with pytest.raises(UsageError, match="needs a model"):
+        WanT2VPolicy(build(WanT2VConfig, {}, prefix="policy."), Runtime())
+    with pytest.raises(ModelLayoutError, match="wan-i2v"):
+        WanT2VPolicy(build(WanT2VConfig, {"model": str(tiny_wan_i2v)}, prefix="policy."), Runtime())
+
+
+def test_initial_noise_matches_prepare_latents(make_t2v, t2v_pipe) -> None:
+    noise = make_t2v().initial_noise(2, torch.Generator().manual_seed(7))
+    expected = t2v_pipe.prepare_latents(
+        2, 4, SIZE, SIZE, FRAMES, torch.float32, torch.device("cpu"),
+        torch.Generator().manual_seed(7),
+    )  # fmt: skip
+    assert noise.shape == (2, 4, 2, 4, 4)
+    torch.testing.assert_close(noise, expected, atol=0, rtol=0)
+
+
+def guided_by_hand(transformer, latents, sigma, positive, negative, scale, image=None, mask=None):
+    """The pipeline's two transformer calls at timestep sigma * 1000 and its CFG combination."""
+    t = torch.full((latents.shape[0],), sigma * 1000.0)
+    if mask is not None:  # expand_timesteps: one timestep per token
+        t = mask[:, ::2, ::2].flatten()[None] * t[:, None]
+    outs = [
+        transformer(
+            hidden_states=latents,
+            timestep=t,
+            encoder_hidden_states=embeds,
+            encoder_hidden_states_image=image,
+            return_dict=False,
+        )[0]
+        for embeds in (positive, negative)
+    ]
+    return outs[1] + scale * (outs[0] - outs[1])
+
+
+def test_predict_is_the_pipelines_guided_velocity(make_t2v, t2v_pipe) -> None:
+    policy = make_t2v(cfg_scale=4.0)
+    policy.train(False)
+    cond = policy.encode([Prompt(t) for t in TEXTS])
+    latents = policy.initial_noise(2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = policy.predict(latents, torch.tensor([0.7, 0.7]), cond)
+        negative = policy.negative_embeds().expand(2, -1, -1)
+        expected = guided_by_hand(
+            t2v_pipe.transformer, latents, 0.7, cond["prompt_embeds"], negative, 4.0
+        )
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_matches_the_pipeline_output_stage(make_t2v, t2v_pipe) -> None:
+    policy = make_t2v()
+    latents = policy.initial_noise(2, torch.Generator().manual_seed(3))
+    video = policy.decode(latents)
+    vae = t2v_pipe.vae
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    with torch.no_grad():
+        decoded = vae.decode(latents * std + mean, return_dict=False)[0]
+    expected = t2v_pipe.video_processor.postprocess_video(decoded, output_type="pt")
+    assert video.shape == (2, 3, FRAMES, SIZE, SIZE)
+    torch.testing.assert_close(video, expected.permute(0, 2, 1, 3, 4), atol=1e-5, rtol=1e-5)
+
+
+def euler_scheduler(pipe, shift):  # noqa: ANN001, ANN201
+    """The pipeline's Euler scheduler on dance's flow schedule: sigmas 1 - k/N before the shift
+    (WanPipeline's set_timesteps would end at sigma 1/1000 instead of 0)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=shift)
+    original = scheduler.set_timesteps
+
+    def set_timesteps(num_inference_steps, device=None):  # noqa: ANN001, ANN202
+        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+        return original(num_inference_steps, device=device, sigmas=sigmas)
+
+    scheduler.set_timesteps = set_timesteps
+    return scheduler
+
+
+def ode_video(policy, prompt, x, steps=3, shift=3.0):  # noqa: ANN001, ANN201
+    """The ode sampler + policy + decode, from latents ``x``."""
+    from dance.generate import denoise
+    from dance_flow_samplers.ode import EulerODESampler, ODEConfig
+
+    sampler = EulerODESampler(ODEConfig(num_steps=steps, shift=shift), Runtime())
+    cond = policy.encode([prompt])
+    policy.train(False)
+    with torch.no_grad():
+        for out in denoise(
+            policy, sampler, sampler.schedule(), x.clone(), cond, deterministic=True
+        ):
+            latents = out.next_latents
+        return policy.decode(latents)
+
+
+@pytest.mark.parametrize("kind", ["t2v", "a14b", "ti2v"])
+def test_ode_sampling_reproduces_the_pipeline(
+    kind, make_t2v, make_a14b, make_ti2v, tiny_wan, tiny_wan_a14b, tiny_wan_ti2v
+) -> None:
+    """policy + ode sampler + decode against WanPipeline.__call__ with its Euler scheduler at the
+    same shift and steps, from the same initial latents, with the same negative prompt and scale:
+    Wan2.1, A14B switching experts at its boundary (sigmas 1, 0.86, 0.6 around 0.95), TI2V-5B's
+    per-token timesteps."""
+    from diffusers import WanPipeline
+
+    make, path = {"t2v": (make_t2v, tiny_wan), "a14b": (make_a14b, tiny_wan_a14b),
+                  "ti2v": (make_ti2v, tiny_wan_ti2v)}[kind]  # fmt: skip
+    size = TI2V_SIZE if kind == "ti2v" else SIZE
+    policy = make(cfg_scale=3.0, cfg_scale_2=2.0) if kind == "a14b" else make(cfg_scale=3.0)
+    x = policy.initial_noise(1, torch.Generator().manual_seed(5))
+    video = ode_video(policy, Prompt(TEXTS[0]), x)
+    pipe = load_pipeline(WanPipeline, path)
+    pipe.scheduler = euler_scheduler(pipe, shift=3.0)
+    expected = pipe(
+        prompt=TEXTS[0],
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT,
+        height=size,
+        width=size,
+        num_frames=FRAMES,
+        num_inference_steps=3,
+        guidance_scale=3.0,
+        guidance_scale_2=2.0 if kind == "a14b" else None,
+        latents=x.clone(),
+        max_sequence_length=TEXT_LEN,
+        output_type="pt",
+    ).frames  # [1, F, C, H, W]
+    torch.testing.assert_close(video, expected.permute(0, 2, 1, 3, 4), atol=1e-4, rtol=1e-4)
+
+
+def test_each_sigma_goes_to_the_expert_the_pipeline_picks() -> None:
+    sigmas = torch.tensor([1.0, 0.875, 0.8749, 0.2])
+    assert expert_of_sigmas(sigmas, 0.875).tolist() == [0, 0, 1, 1]
+    assert expert_of_sigmas(sigmas, None).tolist() == [0, 0, 0, 0]
+
+
+def test_a_batch_mixing_experts_is_each_samples_own_expert(make_a14b) -> None:
+    policy = make_a14b()
+    policy.train(False)
+    cond = policy.encode([Prompt(t) for t in TEXTS])
+    latents = policy.initial_noise(2, torch.Generator().manual_seed(1))
+    t = torch.tensor([1.0, BOUNDARY / 2])
+    with torch.no_grad():
+        mixed = policy.predict(latents, t, cond)
+        high = policy.predict(latents[:1], t[:1], cond.select(torch.tensor([0])))
+        low = policy.predict(latents[1:], t[1:], cond.select(torch.tensor([1])))
+        # The low-noise row really ran transformer_2: transformer gives something else.
+        policy.checkpoint = type(policy.checkpoint)(**{**vars(policy.checkpoint),
+                                                      "boundary_ratio": None})  # fmt: skip
+        wrong = policy.predict(latents[1:], t[1:], cond.select(torch.tensor([1])))
+    torch.testing.assert_close(mixed, torch.cat([high, low]), atol=1e-6, rtol=0)
+    assert not torch.allclose(low, wrong, atol=1e-3)
+
+
+def _pipeline_velocity(pipe, transformer, policy, latents, sigma):  # noqa: ANN001, ANN202
+    cond = policy.encode([Prompt(TEXTS[0])])
+    with torch.no_grad():
+        return guided_by_hand(
+            transformer, latents, sigma, cond["prompt_embeds"], policy.negative_embeds(), 5.0
+        )
+
+
+def test_lora_weights_load_into_the_pipeline(make_t2v, t2v_pipe, perturb, tmp_path) -> None:
+    policy = make_t2v()
+    perturb(policy)
+    policy.save_trained(str(tmp_path))
+    policy.train(False)
+    latents = policy.initial_noise(1, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        trained = policy.predict(latents, torch.tensor([0.6]), policy.encode([Prompt(TEXTS[0])]))
+    base = _pipeline_velocity(t2v_pipe, t2v_pipe.transformer, policy, latents, 0.6)
+    t2v_pipe.load_lora_weights(str(tmp_path))
+    loaded = _pipeline_velocity(t2v_pipe, t2v_pipe.transformer, policy, latents, 0.6)
+    assert not torch.allclose(trained, base, atol=1e-3)
+    torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=1e-5)
+
+
+def test_a14b_lora_of_both_experts_loads_into_the_pipeline(
+    make_a14b, tiny_wan_a14b, perturb, tmp_path
+) -> None:
+    """transformer's LoRA at the top, transformer_2's under transformer_2/ (loaded with
+    load_into_transformer_2=True); each reproduces its expert."""
+    from diffusers import WanPipeline
+
+    policy = make_a14b()
+    assert len(policy.trainable_modules()) == 2
+    perturb(policy)
+    policy.save_trained(str(tmp_path))
+    assert (tmp_path / "transformer_2" / "pytorch_lora_weights.safetensors").is_file()
+    pipe = load_pipeline(WanPipeline, tiny_wan_a14b)
+    pipe.load_lora_weights(str(tmp_path))
+    pipe.load_lora_weights(str(tmp_path / "transformer_2"), load_into_transformer_2=True)
+    policy.train(False)
+    latents = policy.initial_noise(1, torch.Generator().manual_seed(2))
+    cond = policy.encode([Prompt(TEXTS[0])])
+    for sigma, transformer in ((1.0, pipe.transformer), (0.5, pipe.transformer_2)):
+        with torch.no_grad():
+            trained = policy.predict(latents, torch.tensor([sigma]), cond)
+        loaded = _pipeline_velocity(pipe, transformer, policy, latents, sigma)
+        torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=1e-5)
+    # The round trip through load_trained too.
+    again = make_a14b()
+    again.load_trained(str(tmp_path))
+    for a, b in zip(policy.trainable_parameters(), again.trainable_parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_one_expert_can_train_alone(make_a14b, tmp_path) -> None:
+    policy = make_a14b(experts="low")
+    assert not any(p.requires_grad for p in policy.transformer.parameters())
+    assert policy.trainable_modules() == [policy.transformer_2]
+    policy.save_trained(str(tmp_path))
+    assert not (tmp_path / "pytorch_lora_weights.safetensors").exists()
+    assert (tmp_path / "transformer_2" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_full_finetune_round_trip(make_t2v, tmp_path) -> None:
+    policy = make_t2v(finetune="full")
+    assert len(policy.trainable_parameters()) == len(list(policy.transformer.parameters()))
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.01)
+    policy.save_trained(str(tmp_path))
+    loaded = make_t2v(finetune="full")
+    loaded.load_trained(str(tmp_path))
+    for a, b in zip(policy.trainable_parameters(), loaded.trainable_parameters(), strict=True):
+        assert torch.equal(a, b)
