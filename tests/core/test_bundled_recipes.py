@@ -33,6 +33,8 @@ def test_bundled_recipe_resolves(registry, name):
         ("sd-hps-clip", "sd", [("hps", "", 0.7), ("clip-score", "", 1.4)]),
         ("hunyuan-video", "hunyuan-video", [("videoalign", "vq", 1.0)]),
         ("skyreels-i2v", "skyreels-i2v", [("videoalign", "mq", 1.0)]),
+        ("wan-t2v", "wan-t2v", [("clip-score", "", 1.0), ("pickscore", "", 0.5)]),
+        ("wan-i2v", "wan-i2v", [("pickscore", "", 1.0)]),
         ("demo", "flux", None),
     ],
 )
