@@ -14,35 +14,37 @@ from pathlib import Path
 from dance.errors import ModelLayoutError
 from dance.model_layout import DiffusersLayout, check_diffusers_weights
 
-_COMMON = ("model_index.json", "vae/config.json", "text_encoder/config.json")
-_CLASSES = {
-    "vae": "AutoencoderKLWan",
-    "text_encoder": "UMT5EncoderModel",
-}
-T2V_LAYOUT = DiffusersLayout(
-    model="Wan",
-    expected=(
-        "expected the diffusers Wan layout (Wan-AI/Wan2.1-T2V-1.3B-Diffusers, Wan2.2-TI2V-5B-"
-        "Diffusers, Wan2.2-T2V-A14B-Diffusers): model_index.json, transformer/ (and"
-        " transformer_2/ for A14B), vae/, text_encoder/, tokenizer/, scheduler/"
-    ),
-    files=(*_COMMON, "scheduler/scheduler_config.json"),
-    dirs=("tokenizer",),
-    frozen=("vae", "text_encoder"),
-    classes=_CLASSES,
+
+def _wan_layout(model: str, expected: str) -> DiffusersLayout:
+    """The files and classes every Wan checkpoint has; transformers and image encoders are checked
+    by :func:`resolve_checkpoint` from what model_index.json lists."""
+    return DiffusersLayout(
+        model=model,
+        expected=expected,
+        files=(
+            "model_index.json",
+            "vae/config.json",
+            "text_encoder/config.json",
+            "scheduler/scheduler_config.json",
+        ),
+        dirs=("tokenizer",),
+        frozen=("vae", "text_encoder"),
+        classes={"vae": "AutoencoderKLWan", "text_encoder": "UMT5EncoderModel"},
+    )
+
+
+T2V_LAYOUT = _wan_layout(
+    "Wan",
+    "expected the diffusers Wan layout (Wan-AI/Wan2.1-T2V-1.3B-Diffusers, Wan2.2-TI2V-5B-"
+    "Diffusers, Wan2.2-T2V-A14B-Diffusers): model_index.json, transformer/ (and transformer_2/"
+    " for A14B), vae/, text_encoder/, tokenizer/, scheduler/",
 )
-I2V_LAYOUT = DiffusersLayout(
-    model="Wan image-to-video",
-    expected=(
-        "expected the diffusers Wan image-to-video layout (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers):"
-        " model_index.json, transformer/, vae/, text_encoder/, tokenizer/, image_encoder/,"
-        " image_processor/, scheduler/; Wan2.2 I2V-A14B has transformer_2/ and no image encoder,"
-        " Wan2.2-TI2V-5B has neither"
-    ),
-    files=(*_COMMON, "scheduler/scheduler_config.json"),
-    dirs=("tokenizer",),
-    frozen=("vae", "text_encoder"),
-    classes=_CLASSES,
+I2V_LAYOUT = _wan_layout(
+    "Wan image-to-video",
+    "expected the diffusers Wan image-to-video layout (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers):"
+    " model_index.json, transformer/, vae/, text_encoder/, tokenizer/, image_encoder/,"
+    " image_processor/, scheduler/; Wan2.2 I2V-A14B has transformer_2/ and no image encoder,"
+    " Wan2.2-TI2V-5B has neither",
 )
 
 

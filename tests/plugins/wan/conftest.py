@@ -4,16 +4,17 @@ the same folders as the reference implementation."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
-from wan_helpers import BOUNDARY, SMALL, TI2V_SIZE, random_image
+from wan_helpers import BOUNDARY, SMALL, TEXTS, TI2V_SIZE, random_image
 
 from dance.config import build
 from dance.interfaces import Policy, Runtime
+from dance.testing.policy_contract import PolicyContract
 from dance_wan import WanI2VConfig, WanI2VPolicy, WanT2VConfig, WanT2VPolicy
 
 
@@ -88,27 +89,18 @@ def make_ti2v(tiny_wan_ti2v: Path) -> Callable[..., Policy]:
 @pytest.fixture
 def perturb() -> Callable[..., None]:
     """Give every trainable weight of a policy a random offset, so that training 'happened'."""
-
-    def apply(policy: Policy, seed: int = 1, std: float = 0.5) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for param in policy.trainable_parameters():
-                param.add_(torch.randn(param.shape, generator=gen).to(param.dtype) * std)
-
-    return apply
+    return functools.partial(PolicyContract._perturb, std=0.5)
 
 
 @pytest.fixture(scope="session")
 def i2v_prompt_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A JSONL prompt file of image-to-video prompts with PNG images beside it (relative paths)."""
-    from PIL import Image
+    from dance_wan.images import to_pil
 
     folder = tmp_path_factory.mktemp("wan-i2v-prompts")
-    lines = []
-    for i, text in enumerate(["a cat on the beach", "a red fox in the snow", "a dog running"]):
-        pixels = (random_image(i, 40, 48).permute(1, 2, 0) * 255).round().to(torch.uint8)
-        Image.fromarray(pixels.numpy()).save(folder / f"image{i}.png")
-        lines.append(json.dumps({"prompt": text, "image": f"image{i}.png"}))
+    rows = {f"image{i}.png": text for i, text in enumerate(TEXTS + ["a dog running"])}
+    for seed, name in enumerate(rows):
+        to_pil(random_image(seed, 40, 48)).save(folder / name)
     path = folder / "prompts.jsonl"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("".join(json.dumps({"prompt": t, "image": n}) + "\n" for n, t in rows.items()))
     return path

@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_wan_t2v_policy import euler_scheduler, guided_by_hand, ode_video
-from wan_helpers import FRAMES, SIZE, TEXT_LEN, TEXTS, TI2V_SIZE, load_pipeline, random_image
+from wan_helpers import (
+    FRAMES,
+    SIZE,
+    TEXTS,
+    TI2V_SIZE,
+    assert_pipeline_video,
+    guided_by_hand,
+    load_pipeline,
+    ode_video,
+    random_image,
+)
 
 from dance.errors import UsageError
 from dance.interfaces import Prompt
 from dance_wan.images import fit_image, to_pil
-from dance_wan.prompting import DEFAULT_NEGATIVE_PROMPT
 
 
 @pytest.fixture
@@ -91,21 +99,7 @@ def test_ode_sampling_reproduces_the_pipeline(
     x = policy.initial_noise(1, torch.Generator().manual_seed(5))
     video = ode_video(policy, Prompt(TEXTS[0], image), x)
     pipe = load_pipeline(WanImageToVideoPipeline, tiny_wan_ti2v if kind == "ti2v" else tiny_wan_i2v)
-    pipe.scheduler = euler_scheduler(pipe, shift=3.0)
-    expected = pipe(
-        image=to_pil(image),
-        prompt=TEXTS[0],
-        negative_prompt=DEFAULT_NEGATIVE_PROMPT,
-        height=size,
-        width=size,
-        num_frames=FRAMES,
-        num_inference_steps=3,
-        guidance_scale=3.0,
-        latents=x.clone(),
-        max_sequence_length=TEXT_LEN,
-        output_type="pt",
-    ).frames  # [1, F, C, H, W]
-    torch.testing.assert_close(video, expected.permute(0, 2, 1, 3, 4), atol=1e-4, rtol=1e-4)
+    assert_pipeline_video(pipe, video, x, size, prompt=TEXTS[0], image=to_pil(image))
 
 
 def test_ti2v_first_frame_is_the_image_and_its_velocity_has_no_weights(make_ti2v, perturb) -> None:

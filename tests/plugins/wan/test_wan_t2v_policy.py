@@ -4,10 +4,20 @@ end to end, LoRA weights loading back into the pipeline."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from wan_helpers import BOUNDARY, FRAMES, SIZE, TEXT_LEN, TEXTS, TI2V_SIZE, load_pipeline
+from wan_helpers import (
+    BOUNDARY,
+    FRAMES,
+    SIZE,
+    TEXT_LEN,
+    TEXTS,
+    TI2V_SIZE,
+    assert_pipeline_video,
+    guided_by_hand,
+    load_pipeline,
+    ode_video,
+)
 
 from dance.errors import ConfigError, UsageError
 from dance.interfaces import Prompt, Runtime
@@ -106,24 +116,6 @@ def test_initial_noise_matches_prepare_latents(make_t2v, t2v_pipe) -> None:
     torch.testing.assert_close(noise, expected, atol=0, rtol=0)
 
 
-def guided_by_hand(transformer, latents, sigma, positive, negative, scale, image=None, mask=None):
-    """The pipeline's two transformer calls at timestep sigma * 1000 and its CFG combination."""
-    t = torch.full((latents.shape[0],), sigma * 1000.0)
-    if mask is not None:  # expand_timesteps: one timestep per token
-        t = mask[:, ::2, ::2].flatten()[None] * t[:, None]
-    outs = [
-        transformer(
-            hidden_states=latents,
-            timestep=t,
-            encoder_hidden_states=embeds,
-            encoder_hidden_states_image=image,
-            return_dict=False,
-        )[0]
-        for embeds in (positive, negative)
-    ]
-    return outs[1] + scale * (outs[0] - outs[1])
-
-
 def test_predict_is_the_pipelines_guided_velocity(make_t2v, t2v_pipe) -> None:
     policy = make_t2v(cfg_scale=4.0)
     policy.train(False)
@@ -152,38 +144,6 @@ def test_decode_matches_the_pipeline_output_stage(make_t2v, t2v_pipe) -> None:
     torch.testing.assert_close(video, expected.permute(0, 2, 1, 3, 4), atol=1e-5, rtol=1e-5)
 
 
-def euler_scheduler(pipe, shift):  # noqa: ANN001, ANN201
-    """The pipeline's Euler scheduler on dance's flow schedule: sigmas 1 - k/N before the shift
-    (WanPipeline's set_timesteps would end at sigma 1/1000 instead of 0)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=shift)
-    original = scheduler.set_timesteps
-
-    def set_timesteps(num_inference_steps, device=None):  # noqa: ANN001, ANN202
-        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
-        return original(num_inference_steps, device=device, sigmas=sigmas)
-
-    scheduler.set_timesteps = set_timesteps
-    return scheduler
-
-
-def ode_video(policy, prompt, x, steps=3, shift=3.0):  # noqa: ANN001, ANN201
-    """The ode sampler + policy + decode, from latents ``x``."""
-    from dance.generate import denoise
-    from dance_flow_samplers.ode import EulerODESampler, ODEConfig
-
-    sampler = EulerODESampler(ODEConfig(num_steps=steps, shift=shift), Runtime())
-    cond = policy.encode([prompt])
-    policy.train(False)
-    with torch.no_grad():
-        for out in denoise(
-            policy, sampler, sampler.schedule(), x.clone(), cond, deterministic=True
-        ):
-            latents = out.next_latents
-        return policy.decode(latents)
-
-
 @pytest.mark.parametrize("kind", ["t2v", "a14b", "ti2v"])
 def test_ode_sampling_reproduces_the_pipeline(
     kind, make_t2v, make_a14b, make_ti2v, tiny_wan, tiny_wan_a14b, tiny_wan_ti2v
@@ -201,21 +161,8 @@ def test_ode_sampling_reproduces_the_pipeline(
     x = policy.initial_noise(1, torch.Generator().manual_seed(5))
     video = ode_video(policy, Prompt(TEXTS[0]), x)
     pipe = load_pipeline(WanPipeline, path)
-    pipe.scheduler = euler_scheduler(pipe, shift=3.0)
-    expected = pipe(
-        prompt=TEXTS[0],
-        negative_prompt=DEFAULT_NEGATIVE_PROMPT,
-        height=size,
-        width=size,
-        num_frames=FRAMES,
-        num_inference_steps=3,
-        guidance_scale=3.0,
-        guidance_scale_2=2.0 if kind == "a14b" else None,
-        latents=x.clone(),
-        max_sequence_length=TEXT_LEN,
-        output_type="pt",
-    ).frames  # [1, F, C, H, W]
-    torch.testing.assert_close(video, expected.permute(0, 2, 1, 3, 4), atol=1e-4, rtol=1e-4)
+    extra = {"guidance_scale_2": 2.0} if kind == "a14b" else {}
+    assert_pipeline_video(pipe, video, x, size, prompt=TEXTS[0], **extra)
 
 
 def test_each_sigma_goes_to_the_expert_the_pipeline_picks() -> None:
