@@ -21,36 +21,27 @@ with guidance, decode) so that they can move onto a shared diffusers-policy base
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
-from dance.config import option, validate
-from dance.errors import ConfigError, ModelLayoutError, UsageError
-from dance.finetune import (
-    FinetunedPolicy,
-    TrainedNetwork,
-    TrainedWeights,
-    check_finetune_options,
-    finetune_option,
-    lora_alpha_option,
-    lora_rank_option,
-    weights_dtype,
-)
-from dance.interfaces import Conditioning, Prompt, Runtime
-from dance.model_layout import DiffusersLayout, transformers_dtype
-from dance.offload import FrozenOffload
+from dance.config import option
+from dance.diffusers_policy import DiffusersPolicy, DiffusersPolicyConfig, guided_forward, override
+from dance.errors import ConfigError, ModelLayoutError
+from dance.finetune import TrainedNetwork, TrainedWeights, weights_dtype
+from dance.interfaces import Conditioning, Prompt
+from dance.model_layout import DiffusersLayout
 from dance_wan.experts import (
     TRAINED_EXPERTS,
     all_references,
     expert_directory,
     expert_of_sigmas,
 )
-from dance_wan.layout import resolve_checkpoint
+from dance_wan.layout import WanCheckpoint, resolve_checkpoint
 from dance_wan.prompting import DEFAULT_NEGATIVE_PROMPT, clean_prompt
 
 # The flow-matching scheduler's timesteps are sigma * num_train_timesteps (1000).
@@ -58,17 +49,15 @@ TIMESTEP_SCALE = 1000.0
 
 
 @dataclass
-class WanCommonConfig:
+class WanCommonConfig(DiffusersPolicyConfig):
     """Options every Wan policy has."""
 
-    model: str = option(
-        "",
-        "Diffusers Wan checkpoint: a local directory, or a Hugging Face repo id already in the"
-        " local cache (Wan-AI/Wan2.1-T2V-1.3B-Diffusers); nothing is downloaded.",
-    )
+    size_multiple: ClassVar[int] = 16
+    size_reason: ClassVar[str] = "VAE factor 8 x patch 2; 32 for TI2V-5B"
+
     # The pipelines' defaults (480 x 832, 81 frames); the bundled recipes set their own.
-    height: int = option(480, "Video height in pixels (a multiple of 16; 32 for TI2V-5B).", gt=0)
-    width: int = option(832, "Video width in pixels (a multiple of 16; 32 for TI2V-5B).", gt=0)
+    height: int = override("height", 480, " (Wan: a multiple of 16; 32 for TI2V-5B)")
+    width: int = override("width", 832, " (Wan: a multiple of 16; 32 for TI2V-5B)")
     num_frames: int = option(
         81, "Frames per video, 4k+1 (the VAE keeps the first and compresses the rest 4x).", ge=1
     )
@@ -101,75 +90,29 @@ class WanCommonConfig:
         " (transformer_2); the other stays frozen. Ignored by one-transformer checkpoints.",
         choices=("both", "high", "low"),
     )
-    finetune: str = finetune_option("transformer")
-    lora_rank: int = lora_rank_option(64, " (Flow-Factory's Wan examples: 64)")
-    lora_alpha: float = lora_alpha_option(128.0, " (Flow-Factory's Wan examples: 128)")
-    lora_targets: list[str] = option(
-        ["to_q", "to_k", "to_v", "to_out.0"],
-        "Transformer modules (name suffixes) that get LoRA adapters: the self- and"
-        " cross-attention projections of every block.",
-    )
-    gradient_checkpointing: bool = option(
-        True, "Recompute transformer blocks in the backward pass to save activation memory."
+    lora_rank: int = override("lora_rank", 64, " (Flow-Factory's Wan examples: 64)")
+    lora_alpha: float = override("lora_alpha", 128.0, " (Flow-Factory's Wan examples: 128)")
+    gradient_checkpointing: bool = override("gradient_checkpointing", True)
+    offload_frozen: bool = override(
+        "offload_frozen", True, " Wan: UMT5-XXL alone is 11 GiB in bf16."
     )
     vae_tiling: bool = option(
         True,
         "Decode (and encode) with the VAE's spatial tiles (256 px), as the pipeline's"
         " enable_tiling; videos are always decoded one at a time (VAE slicing).",
     )
-    offload_frozen: bool = option(
-        True,
-        "On CUDA, keep the text encoder, the image encoder and the VAE in CPU memory and move"
-        " each to the GPU only while it runs (UMT5-XXL alone is 11 GiB in bf16).",
-    )
-    cache_prompts: bool = option(
-        True, "Encode each distinct prompt once and reuse its embeddings (frozen encoders)."
-    )
-    prompt_cache_size: int = option(
-        256,
-        "Most prompts kept in the embedding cache, least recently used dropped first (4 MiB of"
-        " device memory per prompt at 512 UMT5-XXL tokens in bf16).",
-        ge=1,
-    )
 
     def check(self) -> None:
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value % 16:
-                raise ConfigError(
-                    f"policy.{name} must be a multiple of 16 (VAE factor 8 x patch 2), got {value}"
-                )
+        super().check()
         frames = self.num_frames
         if (frames - 1) % 4:
             raise ConfigError(
                 f"policy.num_frames must be 4k+1 (the VAE keeps the first frame and compresses"
                 f" the rest 4x), got {frames}; nearest: {frames - (frames - 1) % 4}"
             )
-        check_finetune_options(self)
 
 
-class EmbeddingCache:
-    """Per-key tensors, the least recently read dropped beyond ``size`` entries."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._rows: OrderedDict[Any, Any] = OrderedDict()
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self._rows
-
-    def read(self, key: Any) -> Any:
-        self._rows.move_to_end(key)
-        return self._rows[key]
-
-    def store(self, key: Any, value: Any) -> None:
-        self._rows[key] = value
-        self._rows.move_to_end(key)
-        if len(self._rows) > self.size:
-            self._rows.popitem(last=False)
-
-
-class WanFamilyPolicy(FinetunedPolicy):
+class WanFamilyPolicy(DiffusersPolicy):
     """A Wan video policy: UMT5 prompt encoder, one or two flow-matching video transformers over
     ``[B, z, F, h, w]`` latents, the Wan VAE. Predicts the flow velocity.
 
@@ -183,51 +126,34 @@ class WanFamilyPolicy(FinetunedPolicy):
     layout: ClassVar[DiffusersLayout]
     pipeline_name: ClassVar[str]
 
-    def __init__(self, config: WanCommonConfig, runtime: Runtime) -> None:
-        super().__init__(config, runtime)
-        if not config.model:
-            raise UsageError(
-                f"policy '{self.name}' needs a model: pass --model PATH_OR_REPO_ID or set"
-                " policy.model to a diffusers Wan directory or a cached repo id"
-                " (Wan-AI/Wan2.1-T2V-1.3B-Diffusers)"
-            )
-        validate(config, prefix="policy.")
+    checkpoint_kind = "a diffusers Wan directory"
+    checkpoint_example = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    checkpoint: WanCheckpoint
+
+    def resolve_checkpoint(self, config: WanCommonConfig) -> Path:
         self.checkpoint = resolve_checkpoint(config.model, self.layout)
         self.path = self.checkpoint.path
         self._check_checkpoint()
-        # Frozen parts live on the CPU between uses when offloading (CUDA only).
-        self._offload = FrozenOffload(config.offload_frozen, runtime.device)
+        return self.path
+
+    def _load_components(self) -> None:
         self._load_frozen_components()
         self._load_experts()
         self._set_latent_geometry()
-        self._text_cache = EmbeddingCache(config.prompt_cache_size)
-        self._negative: torch.Tensor | None = None
 
     def _check_checkpoint(self) -> None:
         """Raise ModelLayoutError if the checkpoint is not the kind this policy runs."""
 
     # --- loading -------------------------------------------------------------------------------
 
-    def _freeze(self, module: torch.nn.Module) -> Any:
-        return module.requires_grad_(False).eval().to(self._offload.home)
-
     def _load_frozen_components(self) -> None:
         """Tokenizer, UMT5 text encoder and VAE (frozen, in the runtime's frozen dtype)."""
         from diffusers import AutoencoderKLWan
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        path, frozen = self.path, self.runtime.frozen_dtype
-        self.tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
-        self.text_encoder = self._freeze(
-            UMT5EncoderModel.from_pretrained(
-                path / "text_encoder", local_files_only=True, **transformers_dtype(frozen)
-            )
-        )
-        self.vae = self._freeze(
-            AutoencoderKLWan.from_pretrained(
-                path / "vae", torch_dtype=frozen, local_files_only=True
-            )
-        )
+        self.tokenizer = self.load_tokenizer(AutoTokenizer, "tokenizer")
+        self.text_encoder = self.load_frozen(UMT5EncoderModel, "text_encoder")
+        self.vae = self.load_frozen(AutoencoderKLWan, "vae")
         if self.config.vae_tiling:
             self.vae.enable_tiling()
 
@@ -273,13 +199,9 @@ class WanFamilyPolicy(FinetunedPolicy):
         spatial = vae.config.scale_factor_spatial
         temporal = vae.config.scale_factor_temporal
         self.patch_size = tuple(self._experts[0].config.patch_size)  # (t, h, w)
-        factor_h, factor_w = spatial * self.patch_size[1], spatial * self.patch_size[2]
-        if cfg.height % factor_h or cfg.width % factor_w:
-            raise ConfigError(
-                f"policy.height and policy.width must be multiples of {factor_h} (VAE factor"
-                f" {spatial} x patch {self.patch_size[1]}) for {self.path}, got"
-                f" {cfg.height}x{cfg.width}"
-            )
+        self.check_size_factor(
+            spatial * self.patch_size[1], f"VAE factor {spatial} x patch {self.patch_size[1]}"
+        )
         self.latent_channels = vae.config.z_dim
         for expert, network in zip(self.checkpoint.experts, self._experts, strict=True):
             if network.config.out_channels != self.latent_channels:
@@ -291,6 +213,12 @@ class WanFamilyPolicy(FinetunedPolicy):
         self.latent_frames = (cfg.num_frames - 1) // temporal + 1
         self.latent_height = cfg.height // spatial
         self.latent_width = cfg.width // spatial
+        self.latent_shape = (
+            self.latent_channels,
+            self.latent_frames,
+            self.latent_height,
+            self.latent_width,
+        )
         stats = (vae.config.latents_mean, vae.config.latents_std)
         # [1, z, 1, 1, 1] each, fp32: latents = (vae latents - mean) / std.
         self.latents_mean, self.latents_std = (
@@ -299,36 +227,15 @@ class WanFamilyPolicy(FinetunedPolicy):
 
     # --- prompt encoding -----------------------------------------------------------------------
 
-    def _check_prompts(self, prompts: Sequence[Prompt]) -> None:
-        """Raise UsageError for prompts this policy cannot take."""
-
     @torch.no_grad()
     def encode(self, prompts: Sequence[Prompt]) -> Conditioning:
-        self._check_prompts(prompts)
         if self.config.cfg_scale != 1.0 or self.config.cfg_scale_2 not in (0.0, 1.0):
-            self.negative_embeds()  # encoded here, with the prompts, not inside predict
-        return Conditioning(
-            prompt_embeds=self._encode_texts([p.text for p in prompts]),
-            **self._encode_extra(prompts),
-        )
+            self.negative_conditioning()  # encoded here, with the prompts, not inside predict
+        return super().encode(prompts)
 
-    def _encode_extra(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
-        """Conditioning beyond the text (image latents for image-to-video)."""
-        return {}
-
-    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """``[B, max_sequence_length, D]`` UMT5 states, each distinct text encoded once."""
-        use_cache = self.config.cache_prompts
-        missing = [t for t in dict.fromkeys(texts) if not (use_cache and t in self._text_cache)]
-        fresh = dict(zip(missing, self._run_text_encoder(missing), strict=True)) if missing else {}
-        rows = [fresh[t] if t in fresh else self._text_cache.read(t) for t in texts]
-        if use_cache:
-            for text, row in fresh.items():
-                self._text_cache.store(text, row)
-        return torch.stack(rows)
-
-    def _run_text_encoder(self, texts: list[str]) -> torch.Tensor:
-        """WanPipeline._get_t5_prompt_embeds: the last hidden state, zero past each prompt."""
+    def _encode_texts(self, texts: list[str]) -> tuple[torch.Tensor]:
+        """WanPipeline._get_t5_prompt_embeds: ``[N, max_sequence_length, D]``, the last hidden
+        state, zero past each prompt."""
         length = self.config.max_sequence_length
         tokens = self.tokenizer(
             [clean_prompt(t) for t in texts],
@@ -343,33 +250,15 @@ class WanFamilyPolicy(FinetunedPolicy):
         with self._offload.on_device(self.text_encoder):
             mask = tokens.attention_mask.to(device)
             states = self.text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
-        # [B, L, D]; the pipeline keeps the first sum(mask) states and pads with zeros.
+        # The pipeline keeps the first sum(mask) states and pads with zeros.
         keep = torch.arange(length, device=device)[None] < mask.sum(dim=1, keepdim=True)
-        return states * keep[..., None].to(states.dtype)
+        return (states * keep[..., None].to(states.dtype),)
 
     def negative_embeds(self) -> torch.Tensor:
         """The negative prompt's UMT5 states ``[1, L, D]``, encoded once and kept."""
-        if self._negative is None:
-            with torch.no_grad():
-                self._negative = self._run_text_encoder([self.config.negative_prompt])
-        return self._negative
+        return self.negative_conditioning()["prompt_embeds"]
 
     # --- noise, prediction, decoding -----------------------------------------------------------
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int, int]:
-        return (self.latent_channels, self.latent_frames, self.latent_height, self.latent_width)
-
-    def initial_noise(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
-        """fp32 noise ``[B, z, F, h, w]``, drawn as the pipeline's prepare_latents draws it."""
-        from diffusers.utils.torch_utils import randn_tensor
-
-        return randn_tensor(
-            (batch_size, *self.latent_shape),
-            generator=generator,
-            device=self.runtime.device,
-            dtype=torch.float32,
-        )
 
     def predict(
         self, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning
@@ -459,20 +348,20 @@ class WanFamilyPolicy(FinetunedPolicy):
         batched call; one call without guidance at scale 1."""
         embeds = cond["prompt_embeds"].to(hidden.device)
         image = cond.get("image_embeds")
-        if scale == 1.0:
-            return self._transformer(model, dtype, hidden, timestep, embeds, image)
-        batch = hidden.shape[0]
-        negative = self.negative_embeds().to(embeds.device, embeds.dtype).expand_as(embeds)
-        out = self._transformer(
-            model,
-            dtype,
-            torch.cat([hidden, hidden]),
-            torch.cat([timestep, timestep]),
-            torch.cat([embeds, negative]),
-            None if image is None else torch.cat([image, image]),
+        extra = [] if image is None else [image]
+
+        def forward(hidden: torch.Tensor, timestep: torch.Tensor, *text: torch.Tensor) -> Any:
+            return self._transformer(model, dtype, hidden, timestep, *text)
+
+        negative = self.negative_inputs(["prompt_embeds"], [embeds]) if scale != 1.0 else []
+        # The pipeline runs the conditional branch, then the unconditional one.
+        return guided_forward(
+            forward,
+            [hidden, timestep, embeds, *extra],
+            [hidden, timestep, *negative, *extra],
+            scale,
+            uncond_first=False,
         )
-        positive, unconditional = out[:batch], out[batch:]
-        return unconditional + scale * (positive - unconditional)
 
     def _transformer(
         self,
@@ -481,7 +370,7 @@ class WanFamilyPolicy(FinetunedPolicy):
         hidden: torch.Tensor,
         timestep: torch.Tensor,
         prompt_embeds: torch.Tensor,
-        image_embeds: torch.Tensor | None,
+        image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One transformer call as the pipeline makes it (inputs in the transformer's dtype, the
         fp32 timestep); fp32 output."""

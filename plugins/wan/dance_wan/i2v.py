@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import torch
 
 from dance.config import option
+from dance.diffusers_policy import EmbeddingCache
 from dance.errors import ModelLayoutError, UsageError
 from dance.interfaces import Conditioning, Prompt, Runtime
-from dance_wan.base import EmbeddingCache, WanCommonConfig, WanFamilyPolicy
+from dance_wan.base import WanCommonConfig, WanFamilyPolicy
 from dance_wan.images import fit_image, image_key, to_pil
 from dance_wan.layout import I2V_LAYOUT
 
@@ -55,10 +56,11 @@ class WanI2VPolicy(WanFamilyPolicy):
     config_class = WanI2VConfig
     layout = I2V_LAYOUT
     pipeline_name = "WanImageToVideoPipeline"
+    takes_image = True
 
     def __init__(self, config: WanI2VConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)
-        self._image_cache = EmbeddingCache(config.prompt_cache_size)
+        self._image_cache = EmbeddingCache(config.prompt_cache_size, config.cache_prompts)
 
     def _check_checkpoint(self) -> None:
         config = json.loads((self.path / "transformer" / "config.json").read_text())
@@ -86,16 +88,8 @@ class WanI2VPolicy(WanFamilyPolicy):
         if self.checkpoint.has_image_encoder:
             from transformers import CLIPImageProcessor, CLIPVisionModel
 
-            self.image_processor = CLIPImageProcessor.from_pretrained(
-                self.path / "image_processor", local_files_only=True
-            )
-            self.image_encoder = self._freeze(
-                CLIPVisionModel.from_pretrained(
-                    self.path / "image_encoder",
-                    local_files_only=True,
-                    dtype=self.runtime.frozen_dtype,
-                )
-            )
+            self.image_processor = self.load_tokenizer(CLIPImageProcessor, "image_processor")
+            self.image_encoder = self.load_frozen(CLIPVisionModel, "image_encoder")
 
     # --- encoding ------------------------------------------------------------------------------
 
@@ -115,17 +109,14 @@ class WanI2VPolicy(WanFamilyPolicy):
     def _encode_extra(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
         """``condition_latents [B, z, F or 1, h, w]`` and, with a CLIP image encoder,
         ``image_embeds [B, T, D]``; each distinct image encoded once."""
-        rows = []
-        for p in prompts:
-            key = image_key(p.image)
-            if self.config.cache_prompts and key in self._image_cache:
-                rows.append(self._image_cache.read(key))
-                continue
-            row = self._encode_image(p.image)
-            if self.config.cache_prompts:
-                self._image_cache.store(key, row)
-            rows.append(row)
-        return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
+        names = ["condition_latents", "image_embeds"][: 2 if self.image_encoder else 1]
+
+        def encode_images(images: list[torch.Tensor]) -> list[torch.Tensor]:
+            rows = [self._encode_image(image) for image in images]
+            return [torch.stack([row[name] for row in rows]) for name in names]
+
+        columns = self._image_cache.lookup([p.image for p in prompts], encode_images, image_key)
+        return dict(zip(names, columns, strict=True))
 
     def _encode_image(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         encoded = {"condition_latents": self.condition_latents(image)[0]}

@@ -3,11 +3,10 @@ text-to-video, Wan2.2 T2V-A14B with its two experts; all in WanPipeline's layout
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
 from dataclasses import dataclass
 
-from dance.errors import ModelLayoutError, UsageError
-from dance.interfaces import Prompt
+from dance.errors import ModelLayoutError
 from dance_wan.base import WanCommonConfig, WanFamilyPolicy
 from dance_wan.layout import T2V_LAYOUT
 
@@ -24,6 +23,7 @@ class WanT2VPolicy(WanFamilyPolicy):
     config_class = WanT2VConfig
     layout = T2V_LAYOUT
     pipeline_name = "WanPipeline"
+    image_hint = " (use --policy wan-i2v for image-to-video)"
 
     def _check_checkpoint(self) -> None:
         config = self._transformer_config()
@@ -38,13 +38,4 @@ class WanT2VPolicy(WanFamilyPolicy):
             )
 
     def _transformer_config(self) -> dict:
-        import json
-
         return json.loads((self.path / "transformer" / "config.json").read_text())
-
-    def _check_prompts(self, prompts: Sequence[Prompt]) -> None:
-        if any(p.image is not None for p in prompts):
-            raise UsageError(
-                "policy 'wan-t2v' is text-to-video: prompts must not carry an image (use"
-                " --policy wan-i2v for image-to-video)"
-            )

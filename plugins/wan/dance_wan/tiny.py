@@ -18,13 +18,12 @@ and its siblings. Nothing is downloaded: the tokenizer is built by :mod:`dance.t
 
 from __future__ import annotations
 
-import argparse
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dance.testing.tiny_cli import save_pipeline, tiny_checkpoint_main
 from dance.testing.tiny_text_encoders import TEXT_DIM
 from dance.testing.tiny_tokenizers import t5_tokenizer
 
@@ -161,25 +160,24 @@ def build_tiny_wan(
     # uses dance's own samplers, so the scheduler is only read by the pipeline).
     parts["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=3.0)
     pipeline_class = WanImageToVideoPipeline if kind == "i2v" else WanPipeline
-    pipe = pipeline_class(**parts)
-    path = Path(path)
-    pipe.save_pretrained(path, safe_serialization=True)
-    return path
+    return save_pipeline(pipeline_class(**parts), path)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a tiny random Wan checkpoint.")
-    parser.add_argument("out_dir", help="directory to write (diffusers layout)")
-    parser.add_argument("--seed", type=int, default=0)
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--i2v", action="store_true", help="Wan2.1 I2V (wan-i2v)")
-    group.add_argument("--ti2v", action="store_true", help="Wan2.2 TI2V-5B (wan-t2v / wan-i2v)")
-    group.add_argument("--a14b", action="store_true", help="Wan2.2 T2V-A14B, two experts")
-    args = parser.parse_args(argv)
-    kind = "i2v" if args.i2v else "ti2v" if args.ti2v else "a14b" if args.a14b else "t2v"
-    start = time.perf_counter()
-    path = build_tiny_wan(args.out_dir, kind=kind, seed=args.seed)
-    print(f"wrote a tiny Wan {kind} checkpoint to {path} in {time.perf_counter() - start:.2f} s")
+    flags = {
+        f"--{kind}": {"action": "store_const", "const": kind, "dest": "kind", "help": help}
+        for kind, help in (
+            ("i2v", "Wan2.1 I2V (wan-i2v)"),
+            ("ti2v", "Wan2.2 TI2V-5B (wan-t2v / wan-i2v)"),
+            ("a14b", "Wan2.2 T2V-A14B, two experts (wan-t2v)"),
+        )
+    }
+    tiny_checkpoint_main(
+        lambda options: f"Wan {options['kind'] or 't2v'}",
+        lambda out_dir, seed, kind: build_tiny_wan(out_dir, kind=kind or "t2v", seed=seed),
+        argv,
+        **flags,
+    )
 
 
 if __name__ == "__main__":

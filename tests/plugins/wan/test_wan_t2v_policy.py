@@ -69,14 +69,14 @@ def test_encode_matches_encode_prompt(make_t2v, t2v_pipe) -> None:
 def test_encode_caches_each_prompt_once(make_t2v) -> None:
     policy = make_t2v(prompt_cache_size=2)
     calls = []
-    original = policy._run_text_encoder
+    original = policy._encode_texts
 
     def counting(texts):  # noqa: ANN001, ANN202
         calls.append(list(texts))
         return original(texts)
 
     policy.negative_embeds()  # encoded once, with the first prompts
-    policy._run_text_encoder = counting
+    policy._encode_texts = counting
     first = policy.encode([Prompt("a cat"), Prompt("a dog"), Prompt("a cat")])
     again = policy.encode([Prompt("a dog")])
     assert calls == [["a cat", "a dog"]]
