@@ -275,14 +275,30 @@ class WanFamilyPolicy(DiffusersPolicy):
         latents = latents.to(device)
         sigmas = timesteps.to(device, torch.float32).expand(latents.shape[0])  # [B]
         experts = expert_of_sigmas(sigmas, self.checkpoint.boundary_ratio)  # [B]
-        if bool((experts == experts[0]).all()):
+        # Under FSDP every rank must call the same sharded modules: with several trained experts
+        # and several ranks, every call runs each trained expert (see _touch_expert).
+        in_step = self.runtime.world_size > 1 and len(self._trained) > 1
+        if not in_step and bool((experts == experts[0]).all()):
             return self._predict_on(int(experts[0]), latents, sigmas, cond)
         out = latents.new_zeros(latents.shape, dtype=torch.float32)
-        for index in experts.unique().tolist():
+        for index, expert in enumerate(self.checkpoint.experts):
             rows = (experts == index).nonzero().squeeze(1)
-            part = self._predict_on(index, latents[rows], sigmas[rows], cond.select(rows))
-            out = out.index_copy(0, rows, part)
+            if rows.numel():
+                part = self._predict_on(index, latents[rows], sigmas[rows], cond.select(rows))
+                out = out.index_copy(0, rows, part)
+            elif in_step and expert in self._trained:
+                out = out + self._touch_expert(index, latents, sigmas, cond)
         return out
+
+    def _touch_expert(
+        self, index: int, latents: torch.Tensor, sigmas: torch.Tensor, cond: Conditioning
+    ) -> torch.Tensor:
+        """0 (a scalar), computed by expert ``index`` on the first sample: the expert's forward
+        and backward run, so its FSDP collectives stay in step with ranks whose batch has steps
+        of that expert, while the result and the gradients are unchanged."""
+        first = torch.zeros(1, dtype=torch.long, device=latents.device)
+        part = self._predict_on(index, latents[:1], sigmas[:1], cond.select(first))
+        return 0.0 * part.sum()
 
     def _predict_on(
         self, index: int, latents: torch.Tensor, sigmas: torch.Tensor, cond: Conditioning

@@ -189,6 +189,29 @@ def test_a_batch_mixing_experts_is_each_samples_own_expert(make_a14b) -> None:
     assert not torch.allclose(low, wrong, atol=1e-3)
 
 
+def test_under_several_ranks_every_trained_expert_runs_in_every_call(make_a14b) -> None:
+    """FSDP needs every rank to call the same sharded experts: with world_size > 1 a batch of
+    high-noise steps still runs transformer_2 (weighted 0), and the result is unchanged."""
+    policy = make_a14b()
+    policy.train(False)
+    cond = policy.encode([Prompt(t) for t in TEXTS])
+    latents = policy.initial_noise(2, torch.Generator().manual_seed(1))
+    t = torch.tensor([1.0, 1.0])
+    calls = []
+    for name in ("transformer", "transformer_2"):
+        getattr(policy, name).register_forward_hook(lambda *_, n=name: calls.append(n))
+    alone = policy.predict(latents, t, cond)
+    assert calls == ["transformer"]
+    policy.runtime.world_size = 2
+    calls.clear()
+    in_step = policy.predict(latents, t, cond)
+    assert calls == ["transformer", "transformer_2"]
+    torch.testing.assert_close(in_step, alone, atol=0, rtol=0)
+    in_step.square().mean().backward()
+    low = [p for n, p in policy.transformer_2.named_parameters() if p.requires_grad]
+    assert all(p.grad is not None and not p.grad.any() for p in low)
+
+
 def _pipeline_velocity(pipe, transformer, policy, latents, sigma):  # noqa: ANN001, ANN202
     cond = policy.encode([Prompt(TEXTS[0])])
     with torch.no_grad():
