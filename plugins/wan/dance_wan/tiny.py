@@ -14,6 +14,8 @@ and its siblings. Nothing is downloaded: the tokenizer is built by :mod:`dance.t
 - ``--ti2v``: Wan2.2 TI2V-5B (WanPipeline with ``expand_timesteps``: per-token timesteps, a
   residual VAE that patchifies 2x2 first, 16x spatial compression).
 - ``--a14b``: Wan2.2 T2V-A14B (WanPipeline with ``transformer_2`` and ``boundary_ratio`` 0.875).
+- ``--i2v-a14b``: Wan2.2 I2V-A14B (WanImageToVideoPipeline with two channel-condition experts,
+  no CLIP image encoder, ``boundary_ratio`` 0.9).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ LATENT_CHANNELS = 4
 TI2V_LATENT_CHANNELS = 8
 IMAGE_DIM = 32  # hidden size of the tiny CLIP vision tower
 A14B_BOUNDARY = 0.875  # Wan2.2-T2V-A14B-Diffusers' model_index.json
-KINDS = ("t2v", "i2v", "ti2v", "a14b")
+KINDS = ("t2v", "i2v", "ti2v", "a14b", "i2v-a14b")
+I2V_A14B_BOUNDARY = 0.9  # Wan2.2-I2V-A14B-Diffusers' model_index.json
 
 
 def tiny_umt5(tokenizer: Any) -> Any:
@@ -130,10 +133,11 @@ def tiny_image_encoder() -> tuple[Any, Any]:
 
 
 def build_tiny_wan(
-    path: str | Path, kind: str = "t2v", seed: int = 0, boundary_ratio: float = A14B_BOUNDARY
+    path: str | Path, kind: str = "t2v", seed: int = 0, boundary_ratio: float | None = None
 ) -> Path:
-    """Write a tiny random Wan checkpoint of ``kind`` (one of KINDS) to ``path``; ``a14b`` switches
-    experts at ``boundary_ratio``. Depends only on ``seed``; the global RNG is left untouched."""
+    """Write a tiny random Wan checkpoint of ``kind`` (one of KINDS) to ``path``; the A14B
+    kinds switch experts at ``boundary_ratio`` (default: the real checkpoint's). Depends only on
+    ``seed``; the global RNG is left untouched."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline
 
     if kind not in KINDS:
@@ -149,17 +153,21 @@ def build_tiny_wan(
             # Noisy latents, 4 mask channels (the VAE's temporal factor), condition latents.
             parts["transformer"] = tiny_transformer(2 * z + 4, z, image_dim=IMAGE_DIM)
             parts["image_encoder"], parts["image_processor"] = tiny_image_encoder()
+        elif kind == "i2v-a14b":  # the same channel condition, no CLIP features, two experts
+            parts["transformer"] = tiny_transformer(2 * z + 4, z)
+            parts["transformer_2"] = tiny_transformer(2 * z + 4, z)
+            parts["boundary_ratio"] = boundary_ratio or I2V_A14B_BOUNDARY
         else:
             parts["transformer"] = tiny_transformer(z, z)
         if kind == "a14b":
             parts["transformer_2"] = tiny_transformer(z, z)
-            parts["boundary_ratio"] = boundary_ratio
+            parts["boundary_ratio"] = boundary_ratio or A14B_BOUNDARY
         if kind == "ti2v":
             parts["expand_timesteps"] = True
     # Wan's flow_shift for 480p (the Diffusers repos ship UniPC with flow sigmas; the rollout
     # uses dance's own samplers, so the scheduler is only read by the pipeline).
     parts["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    pipeline_class = WanImageToVideoPipeline if kind == "i2v" else WanPipeline
+    pipeline_class = WanImageToVideoPipeline if kind.startswith("i2v") else WanPipeline
     return save_pipeline(pipeline_class(**parts), path)
 
 
@@ -170,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
             ("i2v", "Wan2.1 I2V (wan-i2v)"),
             ("ti2v", "Wan2.2 TI2V-5B (wan-t2v / wan-i2v)"),
             ("a14b", "Wan2.2 T2V-A14B, two experts (wan-t2v)"),
+            ("i2v-a14b", "Wan2.2 I2V-A14B, two experts (wan-i2v)"),
         )
     }
     tiny_checkpoint_main(

@@ -51,6 +51,12 @@ def tiny_wan_a14b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory, "a14b", boundary_ratio=BOUNDARY)
 
 
+@pytest.fixture(scope="session")
+def tiny_wan_i2v_a14b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Wan2.2 I2V-A14B (two channel-condition experts, no CLIP), boundary 0.95 as the T2V one."""
+    return _build(tmp_path_factory, "i2v-a14b", boundary_ratio=BOUNDARY)
+
+
 def _maker(policy_class: type, config_class: type, path: Path, **base: object) -> Callable:
     def make(**overrides: object) -> Policy:
         values = {"model": str(path), **SMALL, **base, **overrides}
@@ -67,6 +73,11 @@ def make_t2v(tiny_wan: Path) -> Callable[..., WanT2VPolicy]:
 @pytest.fixture
 def make_i2v(tiny_wan_i2v: Path) -> Callable[..., WanI2VPolicy]:
     return _maker(WanI2VPolicy, WanI2VConfig, tiny_wan_i2v)
+
+
+@pytest.fixture
+def make_i2v_a14b(tiny_wan_i2v_a14b: Path) -> Callable[..., WanI2VPolicy]:
+    return _maker(WanI2VPolicy, WanI2VConfig, tiny_wan_i2v_a14b)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ first-frame replacement of Wan2.2 TI2V-5B, sampling end to end, LoRA loading bac
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from wan_helpers import (
@@ -84,21 +86,29 @@ def test_predict_is_the_pipelines_guided_velocity(make_i2v, i2v_pipe) -> None:
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["i2v", "ti2v"])
+@pytest.mark.parametrize("kind", ["i2v", "ti2v", "i2v-a14b"])
 def test_ode_sampling_reproduces_the_pipeline(
-    kind, make_i2v, make_ti2v, tiny_wan_i2v, tiny_wan_ti2v
+    kind, make_i2v, make_ti2v, make_i2v_a14b, tiny_wan_i2v, tiny_wan_ti2v, tiny_wan_i2v_a14b
 ) -> None:
     """policy + ode sampler + decode against WanImageToVideoPipeline.__call__ (Euler, same shift,
     steps, latents, negative prompt and scale) for a PNG-like image of the video's size: Wan2.1
-    I2V (channel condition + CLIP) and TI2V-5B (first frame replaced, per-token timesteps)."""
+    I2V (channel condition + CLIP), TI2V-5B (first frame replaced, per-token timesteps) and
+    Wan2.2 I2V-A14B (channel condition, no CLIP, two experts)."""
     from diffusers import WanImageToVideoPipeline
 
     size = TI2V_SIZE if kind == "ti2v" else SIZE
-    policy = make_ti2v(i2v=True, cfg_scale=3.0) if kind == "ti2v" else make_i2v(cfg_scale=3.0)
+    make, path = {
+        "i2v": (make_i2v, tiny_wan_i2v),
+        "i2v-a14b": (make_i2v_a14b, tiny_wan_i2v_a14b),
+        "ti2v": (functools.partial(make_ti2v, i2v=True), tiny_wan_ti2v),
+    }[kind]
+    policy = make(cfg_scale=3.0)
+    if kind == "i2v-a14b":
+        assert policy.image_encoder is None and len(policy.trainable_modules()) == 2
     image = eight_bit(random_image(4, size, size))
     x = policy.initial_noise(1, torch.Generator().manual_seed(5))
     video = ode_video(policy, Prompt(TEXTS[0], image), x)
-    pipe = load_pipeline(WanImageToVideoPipeline, tiny_wan_ti2v if kind == "ti2v" else tiny_wan_i2v)
+    pipe = load_pipeline(WanImageToVideoPipeline, path)
     assert_pipeline_video(pipe, video, x, size, prompt=TEXTS[0], image=to_pil(image))
 
 
