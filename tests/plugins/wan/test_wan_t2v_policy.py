@@ -171,6 +171,17 @@ def test_each_sigma_goes_to_the_expert_the_pipeline_picks() -> None:
     assert expert_of_sigmas(sigmas, None).tolist() == [0, 0, 0, 0]
 
 
+def test_the_docs_expert_split_of_the_recipe_schedule() -> None:
+    """docs/models/wan.md: 10 steps at shift 3 with A14B T2V's 0.875 give steps 0-3 to
+    transformer and 4-9 to transformer_2, as the pipeline's t >= boundary_ratio * 1000 with
+    t = sigma * 1000 decides."""
+    from dance_flow_samplers.schedule import flow_schedule
+
+    sigmas = flow_schedule(10, 3.0).timesteps
+    pipeline = [0 if t >= 0.875 * 1000 else 1 for t in (sigmas * 1000).tolist()]
+    assert expert_of_sigmas(sigmas, 0.875).tolist() == pipeline == [0] * 4 + [1] * 6
+
+
 def test_a_batch_mixing_experts_is_each_samples_own_expert(make_a14b) -> None:
     policy = make_a14b()
     policy.train(False)
