@@ -50,4 +50,4 @@ def to_pil(image: torch.Tensor) -> Any:
     if pixels.shape[0] == 1:
         pixels = pixels.repeat(3, 1, 1)
     array = (pixels * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(array, mode="RGB")
+    return Image.fromarray(array)  # [H, W, 3] uint8: RGB
