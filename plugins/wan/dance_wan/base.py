@@ -33,7 +33,7 @@ from dance.diffusers_policy import DiffusersPolicy, DiffusersPolicyConfig, guide
 from dance.errors import ConfigError, ModelLayoutError
 from dance.finetune import TrainedNetwork, TrainedWeights, weights_dtype
 from dance.interfaces import Conditioning, Prompt, imported_classes
-from dance.model_layout import DiffusersLayout
+from dance.model_layout import DiffusersLayout, load_pretrained
 from dance_wan.experts import (
     TRAINED_EXPERTS,
     all_references,
