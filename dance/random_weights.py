@@ -112,7 +112,7 @@ def init_random_(module: torch.nn.Module, generator: torch.Generator) -> None:
             param.zero_()
 
 
-class _ParametersOnMeta:
+class ParametersOnMeta:
     """Parameters created inside go to the meta device; buffers stay real (position ids, rotary
     frequencies are computed in the constructors and must survive)."""
 
@@ -183,13 +183,15 @@ def random_weights(device: torch.device | str, seed: int = 0) -> Iterator[None]:
 
     def diffusers_build(cls: type, path: Any, **kwargs: Any) -> Any:
         config = cls.load_config(path)
-        with _ParametersOnMeta():
+        with ParametersOnMeta():
             model = cls.from_config(config)
         return materialise(model, device, _dtype_of(kwargs), generator).eval()
 
     def transformers_build(cls: type, path: Any, **kwargs: Any) -> Any:
         config = cls.config_class.from_pretrained(path)
-        with _ParametersOnMeta():
+        if kwargs.get("attn_implementation"):
+            config._attn_implementation = kwargs["attn_implementation"]
+        with ParametersOnMeta():
             model = cls(config)
         return materialise(model, device, _dtype_of(kwargs), generator).eval()
 

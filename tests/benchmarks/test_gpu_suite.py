@@ -1,0 +1,170 @@
+"""The GPU suite (benchmarks/gpu_suite.py): its --tiny run on CPU, the benchmark specs, and
+random-weight loading through the policies' own from_pretrained calls."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dance
+from dance.bench_spec import BenchmarkSpec, benchmark_specs
+from dance.errors import UsageError
+from dance.random_weights import MARKER, ParametersOnMeta, random_weights, write_random_layout
+from dance.registry import get_registry, load_registry
+
+SUITE = Path(__file__).parents[2] / "benchmarks" / "gpu_suite.py"
+POLICIES = ("flux", "hunyuan-video", "sd", "skyreels-i2v")
+UNITS = (
+    "encode_s_per_prompt",
+    "rollout_s_per_sample_step",
+    "update_s_per_pair",
+    "decode_s_per_sample",
+    "reward_s_per_sample",
+)
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, float) and value > 0
+
+
+@pytest.mark.slow
+def test_tiny_run_reports_every_figure_for_every_policy(tmp_path: Path) -> None:
+    out = tmp_path / "tmp.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(SUITE), "--tiny", "--out", str(out)]
+    command += ["--peak-tflops", "0.1", "--repeats", "1"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["environment"]["tiny"] is True
+    assert set(report["policies"]) == set(POLICIES)
+    for name, r in report["policies"].items():
+        assert r["status"] == "ok", (name, r["status"], r.get("attempts"))
+        assert all(_positive(r["units"][k]) for k in UNITS), (name, r["units"])
+        flops = r["flops"]
+        assert flops["forward_per_sample"] > 0
+        # The update's forward + backward counts more than its forward alone.
+        assert flops["update_counted_per_pair"] > flops["forward_per_sample"]
+        assert flops["update_mfu"] > 0 and flops["update_hfu"] > 0
+        check = r["check"]  # the prediction check ran: a real iteration against the units
+        assert check["samples"] == 2 and check["trained_pairs"] >= 2
+        assert _positive(check["measured_s"]) and _positive(check["predicted_s"])
+        assert check["error"] == pytest.approx(check["measured_s"] / check["predicted_s"] - 1)
+        assert isinstance(check["within_tolerance"], bool)
+        assert set(check["phases_s"]) >= {"rollout", "reward", "update"}
+        assert r["memory"]["host_peak_rss_gib"] > 0 and r["memory"]["cuda"] is False
+        full = r["computed_full_setting"]
+        assert full["label"].startswith("computed")
+        assert full["samples"] == r["setting"]["samples_per_gpu"]
+        assert _positive(full["seconds_per_iteration"]) and _positive(
+            full["samples_per_gpu_second"]
+        )
+        assert full["seconds_per_iteration"] > check["predicted_s"]  # the full setting is bigger
+        versus = r["vs_diffusers"]
+        assert _positive(versus["ratio"]), versus
+        assert r["parameters"]["trainable"] > 0 and r["config_sources"]
+    table = out.with_suffix(".md").read_text()
+    assert all(f"| {name} |" in table for name in POLICIES)
+
+
+def _suite_module():
+    spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_budget_too_small_skips_and_says_so(tmp_path: Path) -> None:
+    out = tmp_path / "skip.json"
+    code = _suite_module().main(
+        ["--tiny", "--policies", "sd", "--budget-s", "1", "--out", str(out)]
+    )
+    assert code == 0
+    status = json.loads(out.read_text())["policies"]["sd"]["status"]
+    assert status.startswith("skipped: estimated") and "budget left" in status
+
+
+def test_unknown_policy_is_a_usage_error(tmp_path: Path) -> None:
+    code = _suite_module().main(["--tiny", "--policies", "nope", "--out", str(tmp_path / "x.json")])
+    assert code == 2
+
+
+def test_every_policy_has_a_spec_with_published_network_sizes() -> None:
+    """The shipped configs build the published networks (parameter counts from the model cards
+    and the docs' tables): FLUX.1-dev 11.9 B, SD 1.5's UNet 859.5 M, HunyuanVideo 12.8 B."""
+    import diffusers
+
+    specs = benchmark_specs(get_registry())
+    assert set(specs) >= set(POLICIES)
+    expected = {"flux": 11.90e9, "sd": 859.5e6, "hunyuan-video": 12.82e9, "skyreels-i2v": 12.82e9}
+    for name, billions in expected.items():
+        spec = specs[name]
+        assert set(spec.config_sources) == set(spec.configs)
+        network = "unet" if name == "sd" else "transformer"
+        config = spec.full_configs()[network]
+        with ParametersOnMeta():
+            model = getattr(diffusers, config["_class_name"]).from_config(config)
+        count = sum(p.numel() for p in model.parameters())
+        assert count == pytest.approx(billions, rel=2e-3), (name, count)
+        assert all(p.is_meta for p in model.parameters())
+
+
+def test_random_weights_load_through_the_policy(tmp_path: Path) -> None:
+    """A random-weights folder loads through the policy's own from_pretrained calls: configs as
+    written, new random weights materialised on the device, buffers intact."""
+    from dance_flux.tiny import build_tiny_flux
+
+    plain = build_tiny_flux(tmp_path / "plain")
+    folder = write_random_layout(build_tiny_flux(tmp_path / "random"))
+    assert (folder / "transformer" / MARKER).is_file()
+    assert not (folder / "tokenizer" / MARKER).exists()
+    options = {"height": 32, "width": 32, "max_sequence_length": 16, "lora_rank": 4}
+    runtime = dance.Runtime.auto("cpu")
+    registry = get_registry()
+    with random_weights("cpu", seed=1):
+        policy = registry.create("policy", "flux", {**options, "model": str(folder)}, runtime)
+        reference = registry.create("policy", "flux", {**options, "model": str(plain)}, runtime)
+    ids = dict(policy.text_encoder.named_buffers())["embeddings.position_ids"]
+    assert torch.equal(ids[0, :5], torch.arange(5))  # a real buffer survives to_empty
+    a = dict(policy.transformer.named_parameters())
+    b = dict(reference.transformer.named_parameters())
+    assert a.keys() == b.keys()
+    name = "transformer_blocks.0.attn.to_q.base_layer.weight"
+    assert a[name].shape == b[name].shape and not torch.equal(a[name], b[name])
+    assert a[name].std().item() == pytest.approx(a[name].shape[1] ** -0.5, rel=0.2)
+    # The unmarked folder loaded its saved weights through the original from_pretrained.
+    from safetensors.torch import load_file
+
+    saved = load_file(str(plain / "transformer" / "diffusion_pytorch_model.safetensors"))
+    base = name.replace(".base_layer", "")
+    assert torch.equal(b[name].detach(), saved[base])
+
+
+def test_two_specs_for_one_policy_are_an_error() -> None:
+    class Plugin:
+        def __init__(self, spec: BenchmarkSpec) -> None:
+            self.spec = spec
+
+        @dance.hookimpl
+        def register_benchmark_specs(self, register) -> None:  # noqa: ANN001
+            register(self.spec)
+
+    spec = BenchmarkSpec(
+        policy="flux",
+        model="x",
+        recipe="flux-hps",
+        setting_source="",
+        configs={},
+        config_sources={},
+        build_tiny=lambda path: path,
+    )
+    registry = load_registry(extra={"one": Plugin(spec), "two": Plugin(spec)})
+    with pytest.raises(UsageError, match="both plugin"):
+        benchmark_specs(registry)
