@@ -42,6 +42,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,11 @@ def memory_variants(spec_recipe_policy: dict[str, Any]) -> list[tuple[dict[str, 
     return variants
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError, or a CUDA library's out-of-memory RuntimeError."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
 def oom_figures(device: torch.device, exc: BaseException) -> dict[str, Any]:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     out: dict[str, Any] = {"status": "out of memory", "detail": first[:300]}
@@ -122,6 +128,7 @@ def run_policy(spec: Any, ctx: SuiteContext, estimate_s: float) -> dict[str, Any
     plan: list[tuple[dict[str, Any], str | None]] = [({}, None)]
     plan += memory_variants(read_recipe(spec.recipe).get("policy", {}))
     for extra, unavailable in plan:
+        release(ctx.device)  # what a failed attempt left, now that its exception is gone
         if unavailable:
             attempts.append({"options": extra, "status": unavailable})
             continue
@@ -130,9 +137,10 @@ def run_policy(spec: Any, ctx: SuiteContext, estimate_s: float) -> dict[str, Any
             continue
         try:
             result = measure_policy(spec, ctx, extra)
-        except torch.cuda.OutOfMemoryError as exc:
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
             attempts.append({"options": extra, **oom_figures(ctx.device, exc)})
-            release(ctx.device)
             continue
         attempts.append({"options": extra, "status": "ok"})
         return {**head, "status": "ok", "options": extra, **result, "attempts": attempts}
@@ -247,16 +255,30 @@ def main(argv: list[str] | None = None) -> int:
             # What this policy may use: leave the later policies their estimates.
             ctx.deadline = max(time.perf_counter() + estimates[name], deadline - later)
             began = time.perf_counter()
-            result = run_policy(specs[name], ctx, estimates[name])
+            try:
+                result = run_policy(specs[name], ctx, estimates[name])
+            except Exception as exc:  # reported, and the other policies still run
+                traceback.print_exc()
+                detail = " ".join(str(exc).split())[:300]
+                result = {
+                    "policy": name,
+                    "model": specs[name].model,
+                    "status": f"error: {type(exc).__name__}: {detail}",
+                }
+                release(device)
             result["wall_s"] = time.perf_counter() - began
             report["policies"][name] = result
             print(f"{name}: {result['status']} in {result['wall_s']:.1f} s", flush=True)
     report["environment"]["wall_s"] = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    failed = [n for n, r in report["policies"].items() if r["status"].startswith("error")]
     table = markdown_table(report)
     args.out.with_suffix(".md").write_text(table)
     print(table)
+    if failed:
+        print(f"gpu_suite: {', '.join(failed)} failed (see {args.out})", file=sys.stderr)
+        return 1
     return 0
 
 

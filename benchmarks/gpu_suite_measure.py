@@ -408,18 +408,29 @@ def compare_with_diffusers(
         with torch.no_grad():
             policy.decode(rollout.reward_latents)
 
+    # The pipeline computes as dance's update does: bf16 autocast on CUDA (a full fine-tune keeps
+    # fp32 weights, which the pipeline would otherwise run in fp32).
+    trained = getattr(policy, "trained", None)
+    autocast = trained.autocast_context if trained is not None else contextlib.nullcontext
+
     def theirs() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             pipe(**kwargs, output_type="pt", generator=torch.Generator(dev).manual_seed(0))
 
+    # Frozen parts that the policy offloads go to the device for each pipeline call, untimed
+    # (dance's own decode moves its VAE over inside the timing, as it does in training).
     frozen = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-    with on_device(frozen, dev):
-        if ctx.tiny:  # warm-up; on the GPU the networks are warm from the units already
-            ours(), theirs()
-        a, d = [], []
-        for _ in range(ctx.repeats):  # interleaved, so drift in machine load hits both
-            a.append(timed(ours, dev)[0])
-            d.append(timed(theirs, dev)[0])
+
+    def theirs_timed() -> float:
+        with on_device(frozen, dev):
+            return timed(theirs, dev)[0]
+
+    if ctx.tiny:  # warm-up; on the GPU the networks are warm from the units already
+        ours(), theirs_timed()
+    a, d = [], []
+    for _ in range(ctx.repeats):  # interleaved, so drift in machine load hits both
+        a.append(timed(ours, dev)[0])
+        d.append(theirs_timed())
     dance_s, diffusers_s = statistics.median(a), statistics.median(d)
     return {
         "batch": b,
