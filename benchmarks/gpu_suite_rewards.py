@@ -31,6 +31,12 @@ VIDEOREWARD_LORA = {"lora_r": 64, "lora_alpha": 128}
 class RewardFiles:
     """Reward weights written once per run and shared by every policy that uses them."""
 
+    # The full-size architectures (a test swaps in small ones to run these paths on a CPU).
+    hps_model = "ViT-H-14"
+    clip_score_model = "ViT-H-14-378-quickgelu"
+    clip_score_pretrained = "dfn5b"  # DFN5B's preprocessing and QuickGELU, as the recipe's
+    videoalign_base_sizes = QWEN2_VL_2B
+
     def __init__(self, root: Path, tiny: bool, device: torch.device) -> None:
         self.root, self.tiny, self.device = root, tiny, device
         self._done: dict[str, dict[str, Any]] = {}
@@ -55,7 +61,8 @@ class RewardFiles:
             self._register_tiny_open_clip()
             path = write_hps_checkpoint(self.root / "hps.pt")
             return {"checkpoint": str(path), "model": TINY_H14}
-        return {"checkpoint": str(self._open_clip_file("ViT-H-14", "hps.safetensors"))}
+        path = self._open_clip_file(self.hps_model, "hps.safetensors")
+        return {"checkpoint": str(path), "model": self.hps_model}
 
     def _clip_score(self) -> dict[str, Any]:
         if self.tiny:
@@ -64,8 +71,12 @@ class RewardFiles:
             self._register_tiny_open_clip()
             path = write_open_clip_weights(self.root / "clip.safetensors", TINY_H14)
             return {"checkpoint": str(path), "model": TINY_H14, "pretrained": ""}
-        path = self._open_clip_file("ViT-H-14-378-quickgelu", "clip-score.safetensors")
-        return {"checkpoint": str(path)}
+        path = self._open_clip_file(self.clip_score_model, "clip-score.safetensors")
+        return {
+            "checkpoint": str(path),
+            "model": self.clip_score_model,
+            "pretrained": self.clip_score_pretrained,
+        }
 
     def _register_tiny_open_clip(self) -> None:
         from dance_clip_rewards.tiny import register_tiny_open_clip
@@ -79,8 +90,13 @@ class RewardFiles:
 
         from dance.random_weights import ParametersOnMeta, materialise
 
+        # The class create_model builds, from the same model config (create_model itself moves
+        # the model to a device, which meta parameters cannot do).
+        config = dict(open_clip.get_model_config(model_name))
+        config.pop("custom_text", None)
+        kind = open_clip.CustomTextCLIP if "hf_model_name" in config["text_cfg"] else open_clip.CLIP
         with ParametersOnMeta():
-            model = open_clip.create_model(model_name, pretrained=None, pretrained_text=False)
+            model = kind(**config)
         generator = torch.Generator(self.device).manual_seed(0)
         materialise(model, self.device, torch.bfloat16, generator)
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -102,7 +118,7 @@ class RewardFiles:
         folder = self.root / "videoalign"
         base = build_base(folder / "base")
         config = json.loads((base / "config.json").read_text())
-        sizes = json.loads(QWEN2_VL_2B.read_text())
+        sizes = json.loads(Path(self.videoalign_base_sizes).read_text())
         source = sizes.pop("_source")
         config.update(sizes)
         write_random_layout(base, {".": config}, {".": source})

@@ -168,3 +168,36 @@ def test_two_specs_for_one_policy_are_an_error() -> None:
     registry = load_registry(extra={"one": Plugin(spec), "two": Plugin(spec)})
     with pytest.raises(UsageError, match="both plugin"):
         benchmark_specs(registry)
+
+
+def test_full_size_reward_files_load_through_the_rewards(tmp_path: Path) -> None:
+    """The full-size reward path (random weights of an architecture written where the reward's
+    loader reads them; VideoAlign's base loaded through random_weights), with small
+    architectures swapped in so that it runs on a CPU."""
+    sys.path.insert(0, str(SUITE.parent))
+    try:
+        from gpu_suite_rewards import RewardFiles
+    finally:
+        sys.path.remove(str(SUITE.parent))
+    from dance_clip_rewards.tiny import TINY_H14, register_tiny_open_clip
+
+    register_tiny_open_clip(tmp_path / "open_clip_configs")
+    sizes = tmp_path / "sizes.json"
+    sizes.write_text(json.dumps({"_source": "a test", "num_hidden_layers": 3}))
+    files = RewardFiles(tmp_path, tiny=False, device=torch.device("cpu"))
+    files.hps_model = files.clip_score_model = TINY_H14
+    files.clip_score_pretrained = ""
+    files.videoalign_base_sizes = sizes
+    entries = files.prepare([{"name": "hps"}, {"name": "clip-score"}, {"name": "videoalign"}])
+    base = tmp_path / "videoalign" / "base"
+    assert json.loads((base / "config.json").read_text())["num_hidden_layers"] == 3
+    assert (base / MARKER).is_file()
+    registry, runtime = get_registry(), dance.Runtime.auto("cpu")
+    prompts = [dance.Prompt("a red circle")]
+    video = torch.rand(1, 3, 9, 32, 32, generator=torch.Generator().manual_seed(0))
+    with random_weights("cpu"):
+        for entry in entries:
+            options = {k: v for k, v in entry.items() if k != "name"}
+            reward = registry.create("reward", entry["name"], options, runtime)
+            scores = reward.score(video, prompts)
+            assert all(torch.isfinite(v).all() for v in scores.values()), entry["name"]
