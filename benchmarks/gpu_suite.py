@@ -51,7 +51,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from gpu_suite_measure import SuiteContext, measure_policy, release  # noqa: E402
+from gpu_suite_measure import (  # noqa: E402
+    SuiteContext,
+    is_out_of_memory,
+    measure_policy,
+    oom_figures,
+    release,
+)
 from gpu_suite_report import markdown_table  # noqa: E402
 from gpu_suite_rewards import RewardFiles  # noqa: E402
 
@@ -102,21 +108,6 @@ def memory_variants(spec_recipe_policy: dict[str, Any]) -> list[tuple[dict[str, 
         )
     )
     return variants
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch's OutOfMemoryError, or a CUDA library's out-of-memory RuntimeError."""
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def oom_figures(device: torch.device, exc: BaseException) -> dict[str, Any]:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    out: dict[str, Any] = {"status": "out of memory", "detail": first[:300]}
-    if device.type == "cuda":
-        out["max_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        out["max_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
-        out["total_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
-    return out
 
 
 def run_policy(spec: Any, ctx: SuiteContext, estimate_s: float) -> dict[str, Any]:

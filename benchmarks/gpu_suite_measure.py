@@ -91,6 +91,21 @@ def memory_snapshot(device: torch.device) -> dict[str, Any]:
     }
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError, or a CUDA library's out-of-memory RuntimeError."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def oom_figures(device: torch.device, exc: BaseException) -> dict[str, Any]:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    out: dict[str, Any] = {"status": "out of memory", "detail": first[:300]}
+    if device.type == "cuda":
+        out["max_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        out["max_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+        out["total_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
+    return out
+
+
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -199,6 +214,9 @@ def build_recipes(
         "iterations": 1,
         "sample_every": 0,
         "checkpoint_every": 0,
+        # Random weights could give a non-finite score; the work done is the same either way, so
+        # such samples are left out (and counted in the report) rather than stopping the suite.
+        "on_reward_failure": "exclude",
     }
     raw["trainer"].update(check)
     return published, resolve(raw, ctx.registry)
@@ -344,6 +362,7 @@ def check_iteration(
         "within_tolerance": abs(error) <= CHECK_TOLERANCE,
         "tolerance": CHECK_TOLERANCE,
         "phases_s": {k[len("time/") :]: v for k, v in metrics.items() if k.startswith("time/")},
+        "excluded_samples": int(metrics.get("excluded_samples", 0)),
         "memory": memory_snapshot(ctx.device),
     }
 
@@ -503,7 +522,17 @@ def measure_policy(spec: BenchmarkSpec, ctx: SuiteContext, extra: dict[str, Any]
                 "skipped": f"needs about {needed:.0f} s, {left:.0f} s of the budget left"
             }
         else:
-            result["vs_diffusers"] = compare_with_diffusers(spec, ctx, trainer)
+            try:
+                result["vs_diffusers"] = compare_with_diffusers(spec, ctx, trainer)
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                # The pipeline holds every frozen part on the device at once; dance's own
+                # figures above stand.
+                result["vs_diffusers"] = {
+                    "skipped": "the pipeline ran out of GPU memory",
+                    **oom_figures(ctx.device, exc),
+                }
     finally:
         del trainer
         release(ctx.device)

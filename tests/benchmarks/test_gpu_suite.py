@@ -59,6 +59,7 @@ def test_tiny_run_reports_every_figure_for_every_policy(tmp_path: Path) -> None:
         assert check["error"] == pytest.approx(check["measured_s"] / check["predicted_s"] - 1)
         assert isinstance(check["within_tolerance"], bool)
         assert set(check["phases_s"]) >= {"rollout", "reward", "update"}
+        assert check["excluded_samples"] == 0  # random weights gave finite scores
         assert r["memory"]["host_peak_rss_gib"] > 0 and r["memory"]["cuda"] is False
         full = r["computed_full_setting"]
         assert full["label"].startswith("computed")
@@ -201,3 +202,40 @@ def test_full_size_reward_files_load_through_the_rewards(tmp_path: Path) -> None
             reward = registry.create("reward", entry["name"], options, runtime)
             scores = reward.score(video, prompts)
             assert all(torch.isfinite(v).all() for v in scores.values()), entry["name"]
+
+
+def test_out_of_memory_tries_each_memory_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setting that does not fit is reported with its figure, then tried with the frozen parts
+    offloaded and with sharding's CPU offload (unavailable where this dance lacks the option)."""
+    from dataclasses import fields
+    from types import SimpleNamespace
+
+    from dance.trainer_config import TrainerConfig
+
+    suite = _suite_module()
+    tried: list[dict] = []
+
+    def runs_out(spec, ctx, extra):  # noqa: ANN001, ANN202
+        tried.append(extra)
+        if extra == {"policy.offload_frozen": True} and len(tried) > 3:
+            return {"units": "measured"}
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(suite, "measure_policy", runs_out)
+    spec = benchmark_specs(get_registry())["flux"]
+    ctx = SimpleNamespace(device=torch.device("cpu"), deadline=float("inf"))
+    result = suite.run_policy(spec, ctx, 1.0)
+    assert result["status"] == "out of memory in every configuration tried"
+    first, offload, sharded = result["attempts"]
+    assert first["options"] == {} and first["status"] == "out of memory"
+    assert "20.00 GiB" in first["detail"]
+    assert offload["options"] == {"policy.offload_frozen": True}
+    assert sharded["options"]["trainer.fsdp_cpu_offload"] is True
+    if "fsdp_cpu_offload" in {f.name for f in fields(TrainerConfig)}:
+        assert sharded["status"] == "out of memory"
+    else:
+        assert sharded["status"].startswith("unavailable")
+    # The second run fits once the frozen parts are offloaded: reported with that option.
+    result = suite.run_policy(spec, ctx, 1.0)
+    assert result["status"] == "ok" and result["options"] == {"policy.offload_frozen": True}
+    assert [a["status"] for a in result["attempts"]] == ["out of memory", "ok"]
