@@ -216,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     deadline = start + args.budget_s
     estimates = {n: TINY_COST_ESTIMATE_S if args.tiny else specs[n].cost_estimate_s for n in names}
     report: dict[str, Any] = {"environment": environment(device, peak_source, args), "policies": {}}
+    # Installed policies whose plugin registers no spec: the suite cannot measure them.
+    report["policies_without_spec"] = [n for n in registry.names("policy") if n not in specs]
+    if report["policies_without_spec"]:
+        missing = ", ".join(report["policies_without_spec"])
+        print(f"gpu_suite: no benchmark spec registered for {missing}", flush=True)
     with tempfile.TemporaryDirectory(prefix="gpu-suite-", dir=args.workdir) as tmp:
         root = Path(tmp)
         ctx = SuiteContext(

@@ -80,4 +80,7 @@ def markdown_table(report: dict[str, Any]) -> str:
             f" {full['seconds_per_iteration']:.3g} | {full['samples_per_gpu_second']:.3g} |"
             f" {status} |"
         )
+    missing = report.get("policies_without_spec")
+    if missing:
+        second += ["", f"Installed policies without a benchmark spec: {', '.join(missing)}."]
     return "\n".join(lines + second) + "\n"
