@@ -106,9 +106,19 @@ def oom_figures(device: torch.device, exc: BaseException) -> dict[str, Any]:
     return out
 
 
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def reset_peak(device: torch.device) -> int | None:
+    """Reset the peak-memory counter; returns the bytes allocated now (None on a CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
+
+
+def peak_above(device: torch.device, start: int | None) -> float | None:
+    """GiB the peak rose above ``start`` (from :func:`reset_peak`)."""
+    if start is None:
+        return None
+    return (torch.cuda.max_memory_allocated(device) - start) / GIB
 
 
 def release(device: torch.device) -> None:
@@ -279,9 +289,14 @@ def measure_units(spec: BenchmarkSpec, ctx: SuiteContext, trainer: GRPOTrainer) 
     n = ctx.check_group
     latents = first.x0[:1].expand(n, *first.x0.shape[1:]).contiguous()  # [n, *L]
     texts = (warm * n)[:n]
+    # The decoder's own peak memory for 1 and for n samples tells how it grows with the batch.
     with torch.no_grad():
+        start = reset_peak(dev)
         trainer.score(policy.decode(latents[:1]), texts[:1])
+        decode_peak_1 = peak_above(dev, start)
+        start = reset_peak(dev)
         decode_t, media = timed(lambda: policy.decode(latents), dev)
+        decode_peak_n = peak_above(dev, start)
         reward_t, _ = timed(lambda: trainer.score(media, texts), dev)
 
     # Update: one micro-batch of m pairs (one step of each of m samples) through the trainer's own
@@ -314,6 +329,7 @@ def measure_units(spec: BenchmarkSpec, ctx: SuiteContext, trainer: GRPOTrainer) 
         "reward_s_per_sample": reward_t / n,
         "update_s_per_pair": update_t / m,
     }
+    decode_memory = {"samples": n, "peak_gib_1": decode_peak_1, "peak_gib_n": decode_peak_n}
     flops = {
         "forward_per_sample": forward_flops_per_sample,
         "update_counted_per_pair": counted_per_pair,
@@ -325,7 +341,7 @@ def measure_units(spec: BenchmarkSpec, ctx: SuiteContext, trainer: GRPOTrainer) 
     flops["update_mfu"] = model_per_pair / units["update_s_per_pair"] / peak if peak else None
     flops["update_hfu"] = counted_per_pair / units["update_s_per_pair"] / peak if peak else None
     flops["rollout_mfu"] = forward_flops_per_sample / rollout_s / peak if peak else None
-    return {"units": units, "flops": flops}
+    return {"units": units, "flops": flops, "decode_memory": decode_memory}
 
 
 def predict(units: dict[str, float], prompts: int, samples: int, steps: int, pairs: int) -> float:
@@ -349,7 +365,7 @@ def check_iteration(
     steps = trainer.schedule.num_steps
     predicted = predict(units, cfg.prompts_per_iteration, samples, steps, pairs)
     release(ctx.device)
-    reset_peak(ctx.device)
+    start = reset_peak(ctx.device)
     measured, metrics = timed(lambda: trainer.iteration(0), ctx.device)
     error = measured / predicted - 1.0
     return {
@@ -364,32 +380,48 @@ def check_iteration(
         "phases_s": {k[len("time/") :]: v for k, v in metrics.items() if k.startswith("time/")},
         "excluded_samples": int(metrics.get("excluded_samples", 0)),
         "memory": memory_snapshot(ctx.device),
+        "allocated_at_start_gib": None if start is None else start / GIB,
     }
 
 
 def computed_full(
-    setting: dict[str, Any], units: dict[str, float], check: dict[str, Any], trainer: GRPOTrainer
+    setting: dict[str, Any],
+    units: dict[str, float],
+    check: dict[str, Any],
+    decode_memory: dict[str, Any],
+    trainer: GRPOTrainer,
 ) -> dict[str, Any]:
     """The published per-GPU iteration computed from the per-unit figures (not measured)."""
     samples = setting["samples_per_gpu"]
     trained = setting["trained_samples_per_gpu"]
     pairs = trained * setting["trained_steps_per_sample"]
     seconds = predict(units, setting["prompts_per_gpu"], samples, setting["steps"], pairs)
-    # Memory: the check iteration's peak plus the trajectories of the extra samples (fp32, every
-    # step kept) and, with Best-of-N, the copy of the trained ones.
-    latent = trainer.policy.initial_noise(1, None)
-    trajectory_gib = latent.numel() * 4 * (setting["steps"] + 1) / GIB
-    extra_rows = (samples - check["samples"]) + (trained if trained < samples else 0)
-    allocated = check["memory"]["max_allocated_gib"]
-    return {
+    out = {
         "label": "computed from the per-unit figures, not measured",
         "samples": samples,
         "trained_pairs": pairs,
         "seconds_per_iteration": seconds,
         "samples_per_gpu_second": samples / seconds,
-        "trajectory_gib_per_sample": trajectory_gib,
-        "max_allocated_gib": None if allocated is None else allocated + extra_rows * trajectory_gib,
     }
+    # Memory: the larger of (a) the check iteration's peak plus the trajectories of the extra
+    # samples (fp32, every step kept; with Best-of-N also the copy of the trained ones) and
+    # (b) what was allocated when the iteration started, all trajectories, and the decoder's
+    # peak grown linearly from 1 to n samples (a policy that decodes in chunks needs less).
+    latent = trainer.policy.initial_noise(1, None)
+    trajectory_gib = latent.numel() * 4 * (setting["steps"] + 1) / GIB
+    out["trajectory_gib_per_sample"] = trajectory_gib
+    copies = samples + (trained if trained < samples else 0)
+    allocated = check["memory"]["max_allocated_gib"]
+    if allocated is None:
+        out["max_allocated_gib"] = None
+        return out
+    from_check = allocated + (copies - check["samples"]) * trajectory_gib
+    d1, dn, n = decode_memory["peak_gib_1"], decode_memory["peak_gib_n"], decode_memory["samples"]
+    decode_full = d1 + max(0.0, dn - d1) / max(1, n - 1) * (samples - 1)
+    from_decode = check["allocated_at_start_gib"] + copies * trajectory_gib + decode_full
+    out["max_allocated_gib"] = max(from_check, from_decode)
+    out["decode_peak_gib"] = decode_full
+    return out
 
 
 # ---- the diffusers comparison -------------------------------------------------------------------
@@ -512,7 +544,9 @@ def measure_policy(spec: BenchmarkSpec, ctx: SuiteContext, extra: dict[str, Any]
         units = result["units"]
         result["check"] = check_iteration(ctx, trainer, units)
         result["memory"] = result["check"]["memory"]
-        result["computed_full_setting"] = computed_full(setting, units, result["check"], trainer)
+        result["computed_full_setting"] = computed_full(
+            setting, units, result["check"], result["decode_memory"], trainer
+        )
         left = ctx.deadline - time.perf_counter()
         needed = compare_estimate_s(ctx, trainer, units)
         if spec.pipeline is None or spec.pipeline_call is None:

@@ -47,13 +47,13 @@ def markdown_table(report: dict[str, Any]) -> str:
         "",
         "| policy | check: measured / predicted s | error | within 15% |"
         " vs diffusers (dance / pipeline) | s/iteration (computed) |"
-        " samples per GPU-second (computed) | status |",
-        "|---|---|---|---|---|---|---|---|",
+        " samples per GPU-second (computed) | peak GiB alloc (computed) | status |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["policies"].items():
         if r.get("status") != "ok":
             lines.append(f"| {name} | | | | | | | | {r.get('status')} |")
-            second.append(f"| {name} | | | | | | | {r.get('status')} |")
+            second.append(f"| {name} | | | | | | | | {r.get('status')} |")
             continue
         u, f, m, c = r["units"], r["flops"], r["memory"], r["check"]
         full = r["computed_full_setting"]
@@ -78,7 +78,7 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"| {name} | {c['measured_s']:.3g} / {c['predicted_s']:.3g} | {_percent(c['error'])} |"
             f" {'yes' if c['within_tolerance'] else 'NO'} | {versus} |"
             f" {full['seconds_per_iteration']:.3g} | {full['samples_per_gpu_second']:.3g} |"
-            f" {status} |"
+            f" {_num(full['max_allocated_gib'])} | {status} |"
         )
     missing = report.get("policies_without_spec")
     if missing:

@@ -239,3 +239,39 @@ def test_out_of_memory_tries_each_memory_option(monkeypatch: pytest.MonkeyPatch)
     result = suite.run_policy(spec, ctx, 1.0)
     assert result["status"] == "ok" and result["options"] == {"policy.offload_frozen": True}
     assert [a["status"] for a in result["attempts"]] == ["out of memory", "ok"]
+
+
+def test_computed_memory_of_the_published_setting() -> None:
+    """The GPU branch of the computed memory, with made-up CUDA figures: the larger of the check's
+    peak plus the extra trajectories and the start plus all trajectories plus the decoder grown
+    linearly (1 GiB for one sample, 1.5 GiB for two: 0.5 GiB a sample)."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(SUITE.parent))
+    try:
+        from gpu_suite_measure import GIB, computed_full
+    finally:
+        sys.path.remove(str(SUITE.parent))
+    latent = torch.zeros(1, 2**20)  # 4 MiB in fp32
+    trainer = SimpleNamespace(policy=SimpleNamespace(initial_noise=lambda n, g: latent))
+    setting = {
+        "samples_per_gpu": 12,
+        "trained_samples_per_gpu": 12,
+        "trained_steps_per_sample": 9,
+        "steps": 15,
+        "prompts_per_gpu": 1,
+    }
+    units = dict.fromkeys(UNITS, 0.01)
+    check = {
+        "samples": 2,
+        "memory": {"max_allocated_gib": 30.0},
+        "allocated_at_start_gib": 28.0,
+    }
+    decode = {"samples": 2, "peak_gib_1": 1.0, "peak_gib_n": 1.5}
+    full = computed_full(setting, units, check, decode, trainer)
+    trajectory = 4 * 2**20 * 16 / GIB  # 16 latents kept per sample
+    assert full["trajectory_gib_per_sample"] == pytest.approx(trajectory)
+    assert full["decode_peak_gib"] == pytest.approx(1.0 + 0.5 * 11)
+    from_decode = 28.0 + 12 * trajectory + 6.5
+    assert full["max_allocated_gib"] == pytest.approx(max(30.0 + 10 * trajectory, from_decode))
+    assert full["seconds_per_iteration"] == pytest.approx(0.01 * (1 + 12 * 15 + 12 * 2 + 108))
