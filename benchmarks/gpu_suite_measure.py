@@ -158,6 +158,8 @@ def published_setting(spec: BenchmarkSpec, recipe: Any) -> dict[str, Any]:
         "trained_steps_per_sample": per_sample,
         "rollout_batch_size": t.rollout_batch_size,
         "micro_batch_size": t.micro_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "old_log_probs": t.old_log_probs,
         "finetune": p.get("finetune", "lora"),
         "lora_rank": p.get("lora_rank") if p.get("finetune", "lora") == "lora" else None,
         "gradient_checkpointing": p.get("gradient_checkpointing"),
@@ -396,10 +398,18 @@ def computed_full(
     trained = setting["trained_samples_per_gpu"]
     pairs = trained * setting["trained_steps_per_sample"]
     seconds = predict(units, setting["prompts_per_gpu"], samples, setting["steps"], pairs)
+    # Pairs past the first optimizer step get their old log-probs from an extra forward without
+    # gradients (trainer.old_log_probs = "recompute"), priced as a rollout forward; windows are
+    # counted per GPU, as the trainer counts micro-batches per process.
+    micro = setting["micro_batch_size"]
+    window_pairs = (setting["gradient_accumulation_steps"] * micro) or pairs
+    recomputed = max(0, pairs - window_pairs) if setting["old_log_probs"] == "recompute" else 0
+    seconds += recomputed * units["rollout_s_per_sample_step"]
     out = {
         "label": "computed from the per-unit figures, not measured",
         "samples": samples,
         "trained_pairs": pairs,
+        "recomputed_old_log_prob_pairs": recomputed,
         "seconds_per_iteration": seconds,
         "samples_per_gpu_second": samples / seconds,
     }

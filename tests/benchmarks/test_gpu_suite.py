@@ -241,7 +241,7 @@ def test_out_of_memory_tries_each_memory_option(monkeypatch: pytest.MonkeyPatch)
     assert [a["status"] for a in result["attempts"]] == ["out of memory", "ok"]
 
 
-def test_computed_memory_of_the_published_setting() -> None:
+def test_computed_time_and_memory_of_the_published_setting() -> None:
     """The GPU branch of the computed memory, with made-up CUDA figures: the larger of the check's
     peak plus the extra trajectories and the start plus all trajectories plus the decoder grown
     linearly (1 GiB for one sample, 1.5 GiB for two: 0.5 GiB a sample)."""
@@ -260,6 +260,9 @@ def test_computed_memory_of_the_published_setting() -> None:
         "trained_steps_per_sample": 9,
         "steps": 15,
         "prompts_per_gpu": 1,
+        "micro_batch_size": 4,
+        "gradient_accumulation_steps": 0,
+        "old_log_probs": "recompute",
     }
     units = dict.fromkeys(UNITS, 0.01)
     check = {
@@ -275,3 +278,9 @@ def test_computed_memory_of_the_published_setting() -> None:
     from_decode = 28.0 + 12 * trajectory + 6.5
     assert full["max_allocated_gib"] == pytest.approx(max(30.0 + 10 * trajectory, from_decode))
     assert full["seconds_per_iteration"] == pytest.approx(0.01 * (1 + 12 * 15 + 12 * 2 + 108))
+    # Two optimizer steps (14 micro-batches of 4 pairs each): the 52 pairs after the first 56
+    # need an extra forward for their old log-probs.
+    setting["gradient_accumulation_steps"] = 14
+    full = computed_full(setting, units, check, decode, trainer)
+    assert full["recomputed_old_log_prob_pairs"] == 108 - 56
+    assert full["seconds_per_iteration"] == pytest.approx(0.01 * (1 + 180 + 24 + 108 + 52))
