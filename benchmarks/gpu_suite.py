@@ -93,12 +93,13 @@ def peak_flops(device: torch.device, override_tflops: float | None) -> tuple[flo
     return None, f"device '{name}' is not in the table: give --peak-tflops"
 
 
-def memory_variants(spec_recipe_policy: dict[str, Any]) -> list[tuple[dict[str, Any], str | None]]:
-    """Options that should make a setting fit, each with why it cannot be tried (or None)."""
+def memory_variants(offloaded: bool) -> list[tuple[dict[str, Any], str | None]]:
+    """Options that should make a setting fit, each with why it cannot be tried (or None);
+    ``offloaded``: the setting keeps its frozen parts in CPU memory already."""
     from dance.trainer_config import TrainerConfig
 
     variants: list[tuple[dict[str, Any], str | None]] = []
-    if not spec_recipe_policy.get("offload_frozen", False):
+    if not offloaded:
         variants.append(({"policy.offload_frozen": True}, None))
     has_fsdp_offload = "fsdp_cpu_offload" in {f.name for f in fields(TrainerConfig)}
     variants.append(
@@ -117,7 +118,12 @@ def run_policy(spec: Any, ctx: SuiteContext, estimate_s: float) -> dict[str, Any
     head = {"policy": spec.policy, "model": spec.model, "config_sources": dict(spec.config_sources)}
     attempts: list[dict[str, Any]] = []
     plan: list[tuple[dict[str, Any], str | None]] = [({}, None)]
-    plan += memory_variants(read_recipe(spec.recipe).get("policy", {}))
+    # Whether the setting offloads already: the recipe's value, else the policy's default.
+    config_class = ctx.registry.get("policy", spec.policy).config_class
+    default = {f.name: f.default for f in fields(config_class)}.get("offload_frozen", False)
+    recipe_value = read_recipe(spec.recipe).get("policy", {}).get("offload_frozen", default)
+    offloaded = bool(spec.overrides.get("policy.offload_frozen", recipe_value))
+    plan += memory_variants(offloaded)
     for extra, unavailable in plan:
         release(ctx.device)  # what a failed attempt left, now that its exception is gone
         if unavailable:

@@ -222,9 +222,10 @@ def test_out_of_memory_tries_each_memory_option(monkeypatch: pytest.MonkeyPatch)
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(suite, "measure_policy", runs_out)
-    spec = benchmark_specs(get_registry())["flux"]
-    ctx = SimpleNamespace(device=torch.device("cpu"), deadline=float("inf"))
-    result = suite.run_policy(spec, ctx, 1.0)
+    registry = get_registry()
+    specs = benchmark_specs(registry)
+    ctx = SimpleNamespace(device=torch.device("cpu"), deadline=float("inf"), registry=registry)
+    result = suite.run_policy(specs["flux"], ctx, 1.0)
     assert result["status"] == "out of memory in every configuration tried"
     first, offload, sharded = result["attempts"]
     assert first["options"] == {} and first["status"] == "out of memory"
@@ -236,9 +237,14 @@ def test_out_of_memory_tries_each_memory_option(monkeypatch: pytest.MonkeyPatch)
     else:
         assert sharded["status"].startswith("unavailable")
     # The second run fits once the frozen parts are offloaded: reported with that option.
-    result = suite.run_policy(spec, ctx, 1.0)
+    result = suite.run_policy(specs["flux"], ctx, 1.0)
     assert result["status"] == "ok" and result["options"] == {"policy.offload_frozen": True}
     assert [a["status"] for a in result["attempts"]] == ["out of memory", "ok"]
+    # HunyuanVideo offloads its frozen parts by default: that option is not tried again.
+    tried.clear()
+    result = suite.run_policy(specs["hunyuan-video"], ctx, 1.0)
+    sharding = [a["options"].get("trainer.fsdp_cpu_offload") for a in result["attempts"]]
+    assert sharding == [None, True]
 
 
 def test_computed_time_and_memory_of_the_published_setting() -> None:
