@@ -87,5 +87,5 @@ def benchmark_spec() -> BenchmarkSpec:
         prompts_per_gpu=1,
         pipeline=_pipeline,
         pipeline_call=_pipeline_call,
-        cost_estimate_s=60.0,
+        cost_estimate_s=70.0,
     )

@@ -79,5 +79,5 @@ def benchmark_spec() -> BenchmarkSpec:
         prompts_per_gpu=4,
         pipeline=_pipeline,
         pipeline_call=_pipeline_call,
-        cost_estimate_s=45.0,
+        cost_estimate_s=60.0,
     )
