@@ -49,3 +49,10 @@ def register_rewards(register: Callable[[type], None]) -> None:
 @hookspec
 def register_advantages(register: Callable[[type], None]) -> None:
     """Register :class:`dance.interfaces.Advantage` subclasses (advantage estimators)."""
+
+
+@hookspec
+def register_benchmark_specs(register: Callable[[object], None]) -> None:
+    """Register :class:`dance.bench_spec.BenchmarkSpec` objects (one per policy): what the GPU
+    suite (benchmarks/gpu_suite.py) needs to measure a policy at its published setting on
+    full-size random-weight networks. Optional; a policy without one is left out of the suite."""
