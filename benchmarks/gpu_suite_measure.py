@@ -25,6 +25,7 @@ from dance.bench_spec import BenchmarkSpec
 from dance.generate import denoise
 from dance.grpo import GRPOTrainer, Rollout
 from dance.interfaces import Prompt
+from dance.layout import SampleLayout
 from dance.random_weights import random_weights, write_random_layout
 from dance.recipe import read_recipe, resolve
 
@@ -260,6 +261,17 @@ def trainer_settings(trainer: GRPOTrainer, **changes: Any) -> Iterator[None]:
         trainer.cfg = saved
 
 
+@contextlib.contextmanager
+def sample_layout(trainer: GRPOTrainer, layout: SampleLayout) -> Iterator[None]:
+    """Train on a batch of another size than the recipe's iteration (one process)."""
+    saved = trainer.layout
+    trainer.layout = layout
+    try:
+        yield
+    finally:
+        trainer.layout = saved
+
+
 def measure_units(spec: BenchmarkSpec, ctx: SuiteContext, trainer: GRPOTrainer) -> dict[str, Any]:
     """Seconds per prompt encoded, per (sample, step) of the rollout, per sample decoded and
     scored, per trained (sample, step) pair; FLOPs of the forward and of the update."""
@@ -315,9 +327,15 @@ def measure_units(spec: BenchmarkSpec, ctx: SuiteContext, trainer: GRPOTrainer) 
     advantages = torch.linspace(-1.0, 1.0, m, device=dev)  # [m], non-zero loss
     one_step = 0.5 / max(1, trainer.train_steps.numel())  # int(fraction x count) = 1 step
     policy.train(True)
-    with trainer_settings(trainer, timestep_fraction=one_step, gradient_accumulation_steps=0):
-        update_flops, _ = count_flops(lambda: trainer.update(rollout, advantages, it=0))
-        update_t = median_time(lambda: trainer.update(rollout, advantages, it=0), dev, ctx.repeats)
+    trained = torch.ones(m, dtype=torch.bool)  # [m] every sample trains
+    with (
+        trainer_settings(trainer, timestep_fraction=one_step, gradient_accumulation_steps=0),
+        sample_layout(trainer, SampleLayout(m)),  # the update's batch is these m samples
+    ):
+        update_flops, _ = count_flops(lambda: trainer.update(rollout, advantages, trained, it=0))
+        update_t = median_time(
+            lambda: trainer.update(rollout, advantages, trained, it=0), dev, ctx.repeats
+        )
     policy.train(False)
     release(dev)
 

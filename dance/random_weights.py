@@ -200,7 +200,12 @@ def random_weights(device: torch.device | str, seed: int = 0) -> Iterator[None]:
 
         def from_pretrained(cls: type, path: Any = None, *args: Any, **kwargs: Any) -> Any:
             if path is not None and not args and is_random_folder(path):
-                return build(cls, path, **kwargs)
+                # Every weight is drawn here, none is missing (dance's checked loader asks).
+                with_info = kwargs.pop("output_loading_info", False)
+                model = build(cls, path, **kwargs)
+                if with_info:
+                    return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": []}
+                return model
             return original(cls, path, *args, **kwargs)
 
         return classmethod(from_pretrained)
