@@ -69,7 +69,8 @@ class Evaluator:
     def __call__(self, policy: Policy) -> tuple[dict[str, Any], torch.Tensor]:
         """The figures and the images ``[n, C, (F,) H, W]``. The figures hold the means and, under
         ``per_image``, each image's reward (and success) in prompt-then-seed order, so two stages
-        can be compared image by image (:mod:`dance.paired`)."""
+        can be compared image by image (:mod:`dance.paired`); ``prompts`` is each image's prompt
+        in that order."""
         media = generate(
             policy, self.sampler, self.prompts, self.seeds, batch_size=self.config.batch_size
         )
@@ -85,4 +86,6 @@ class Evaluator:
         for name, values in scores.items():
             result[f"{self.reward.name}.{name}"] = values.float().mean().item()
         result["per_image"] = per_image
+        # The prompt of each image, in the same order, to label the before/after grid.
+        result["prompts"] = [p.text for p in self.prompts]
         return result, media
