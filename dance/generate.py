@@ -44,7 +44,7 @@ def denoise(
         t = schedule.timesteps[k].expand(b)  # [b]
         k_idx = torch.full((b,), k, dtype=torch.long, device=x.device)
         out = sampler.step(
-            policy.predict(x, t, cond),
+            predict_distinct(policy, x, t, cond),
             x,
             k_idx,
             schedule,
@@ -53,6 +53,34 @@ def denoise(
         )
         x = out.next_latents
         yield out
+
+
+def predict_distinct(
+    policy: Policy, x: torch.Tensor, t: torch.Tensor, cond: Conditioning
+) -> torch.Tensor:
+    """``policy.predict(x, t, cond)`` ``[b, *L]``, computed once per distinct row.
+
+    A GRPO group starts from one shared noise and one prompt, so until the sampler's first noisy
+    step its rows are identical (the demo's SDE window starts at step 2: 2 of 12 steps computed
+    once per group instead of once per sample). Without gradients only: rows are compared by
+    value, and a row's output does not depend on the others.
+    """
+    b = x.shape[0]
+    if b < 2 or torch.is_grad_enabled():
+        return policy.predict(x, t, cond)
+    key = torch.cat(
+        [x.reshape(b, -1).float(), t.reshape(b, -1).float()]
+        + [v.reshape(b, -1).float() for v in cond.values()],
+        dim=1,
+    )  # [b, K]
+    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)  # [d, K], [b]
+    if distinct.shape[0] == b:
+        return policy.predict(x, t, cond)
+    rows = torch.arange(b, device=x.device)
+    first = torch.full((distinct.shape[0],), b, device=x.device).scatter_reduce_(
+        0, inverse, rows, reduce="amin"
+    )  # [d] the first row of each distinct value
+    return policy.predict(x[first], t[first], cond.select(first))[inverse]
 
 
 @torch.no_grad()
