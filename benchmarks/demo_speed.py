@@ -31,7 +31,7 @@ from typing import Any
 # The demo recipe before issue 12, as overrides of today's recipe.
 OLD_OVERRIDES = [
     "trainer.iterations=150",
-    "trainer.kl_coef=0.1",
+    "trainer.timestep_fraction=1.0",
     "trainer.old_log_probs=recompute",
 ]
 
