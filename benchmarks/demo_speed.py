@@ -29,11 +29,7 @@ from pathlib import Path
 from typing import Any
 
 # The demo recipe before issue 12, as overrides of today's recipe.
-OLD_OVERRIDES = [
-    "trainer.iterations=150",
-    "trainer.timestep_fraction=1.0",
-    "trainer.old_log_probs=recompute",
-]
+OLD_OVERRIDES = ["trainer.iterations=150", "trainer.old_log_probs=recompute"]
 
 
 def child(side: str, iterations: int | None, out: Path) -> dict[str, Any]:

@@ -68,8 +68,8 @@ def test_dance_run_without_arguments_runs_the_demo(tmp_path, capsys):
 SHORT = ["trainer.iterations=2", "evaluation.seeds=1"]
 
 # The gain check runs the demo recipe exactly as `dance run` does: since the recipe was made cheaper
-# (100 iterations, no KL term, the rollout's log-probs), the whole run costs less CPU than the
-# previous check's shortened run (100 of that recipe's 150 iterations) did. The held-out prompts
+# (100 iterations, the rollout's log-probs, each group's shared start computed once), the whole run
+# costs less CPU than the previous check's shortened run (100 of that recipe's 150 iterations). The held-out prompts
 # and seeds are the recipe's (24 prompts x 4 seeds), the training seed is the default.
 # "Clearly higher": a tenth of the reward scale, and ten points of success rate.
 MIN_REWARD_GAIN = 0.10
