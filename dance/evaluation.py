@@ -72,7 +72,8 @@ class Evaluator:
     def __call__(self, policy: Policy) -> tuple[dict[str, Any], torch.Tensor | None]:
         """The figures and the images ``[n, C, (F,) H, W]``. The figures hold the means and, under
         ``per_image``, each image's reward (and success) in prompt-then-seed order, so two stages
-        can be compared image by image (:mod:`dance.paired`).
+        can be compared image by image (:mod:`dance.paired`); ``prompts`` is each image's prompt
+        in that order.
 
         Under several processes every rank generates and scores its share of the set (a
         collective: call it on every rank); every rank gets the figures, rank 0 alone the images
@@ -109,5 +110,7 @@ class Evaluator:
         for name, values in every.items():
             result[f"{self.reward.name}.{name}"] = values.mean().item()
         result["per_image"] = per_image
+        # The prompt of each image, in the same order, to label the before/after grid.
+        result["prompts"] = [p.text for p in self.prompts]
         gathered = dist.gather_to_main(media)  # [R * n, ...] on rank 0
         return result, None if gathered is None else gathered[: len(self.prompts)]

@@ -54,7 +54,7 @@ def denoise(
     for k in range(schedule.num_steps):
         t = schedule.timesteps[k].expand(b)  # [b]
         k_idx = torch.full((b,), k, dtype=torch.long, device=x.device)
-        v = policy.predict(x, t, cond)
+        v = predict_distinct(policy, x, t, cond)  # [b, *L]
         if per_sample and sampler.stochastic and not deterministic:
             out = step_per_sample(sampler, v, x, k_idx, schedule, generator)  # type: ignore[arg-type]
         else:
@@ -82,6 +82,34 @@ def step_per_sample(
     )  # [b, *L] fp32
     sample = gaussian.mean + gaussian.std * noise
     return sampler.step(model_output, latents, step_index, schedule, next_latents=sample)
+
+
+def predict_distinct(
+    policy: Policy, x: torch.Tensor, t: torch.Tensor, cond: Conditioning
+) -> torch.Tensor:
+    """``policy.predict(x, t, cond)`` ``[b, *L]``, computed once per distinct row.
+
+    A GRPO group starts from one shared noise and one prompt, so until the sampler's first noisy
+    step its rows are identical (the demo's SDE window starts at step 2: 2 of 12 steps computed
+    once per group instead of once per sample). Without gradients only: rows are compared by
+    value, and a row's output does not depend on the others.
+    """
+    b = x.shape[0]
+    if b < 2 or torch.is_grad_enabled():
+        return policy.predict(x, t, cond)
+    key = torch.cat(
+        [x.reshape(b, -1).float(), t.reshape(b, -1).float()]
+        + [v.reshape(b, -1).float() for v in cond.values()],
+        dim=1,
+    )  # [b, K]
+    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)  # [d, K], [b]
+    if distinct.shape[0] == b:
+        return policy.predict(x, t, cond)
+    rows = torch.arange(b, device=x.device)
+    first = torch.full((distinct.shape[0],), b, device=x.device).scatter_reduce_(
+        0, inverse, rows, reduce="amin"
+    )  # [d] the first row of each distinct value
+    return policy.predict(x[first], t[first], cond.select(first))[inverse]
 
 
 @torch.no_grad()

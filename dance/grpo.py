@@ -649,6 +649,7 @@ class GRPOTrainer:
             after_figures = json.loads((folder / "after.json").read_text())
             before_images = before_figures.pop("per_image", None)
             after_images = after_figures.pop("per_image", None)
+            prompts, _ = before_figures.pop("prompts", None), after_figures.pop("prompts", None)
             report["eval_before"], report["eval_after"] = before_figures, after_figures
             if before_images and after_images:
                 # Same prompts and seeds in both stages: compare image by image.
@@ -659,7 +660,7 @@ class GRPOTrainer:
                 }
             before = torch.load(folder / "before.pt", weights_only=True).float() / 255
             after = torch.load(folder / "after.pt", weights_only=True).float() / 255
-            before_after_grid(before, after, out / "eval_grid.png")
+            before_after_grid(before, after, out / "eval_grid.png", prompts=prompts)
             files["eval_grid"] = "eval_grid.png"
         files["summary"] = "summary.json"
         (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
