@@ -28,7 +28,7 @@ from dance.diffusers_policy.config import DiffusersPolicyConfig
 from dance.errors import ConfigError, UsageError
 from dance.finetune import FinetunedPolicy
 from dance.interfaces import Conditioning, Prompt, Runtime
-from dance.model_layout import load_pretrained, transformers_dtype
+from dance.model_layout import check_component_files, load_pretrained, transformers_dtype
 from dance.model_layout import load_tokenizer as load_checked_tokenizer
 from dance.offload import FrozenOffload
 
@@ -116,6 +116,13 @@ class DiffusersPolicy(FinetunedPolicy):
         """A tokenizer from ``self.path / folder``; an empty or incomplete folder is an error, not
         a default tokenizer that maps every word to <unk>."""
         return load_checked_tokenizer(tokenizer_class, self.path / folder)
+
+    def load_processor(self, processor_class: Any, folder: str | Path) -> Any:
+        """An image processor (a JSON config, no vocabulary) from ``self.path / folder``; a
+        damaged config file is one line naming it."""
+        path = self.path / folder
+        check_component_files(path)
+        return processor_class.from_pretrained(path, local_files_only=True)
 
     def load_network(self, model_class: Any, folder: str | Path) -> Any:
         """The trained network (see FinetunedPolicy.load_network), with diffusers' gradient

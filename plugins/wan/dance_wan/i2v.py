@@ -88,7 +88,7 @@ class WanI2VPolicy(WanFamilyPolicy):
         if self.checkpoint.has_image_encoder:
             from transformers import CLIPImageProcessor, CLIPVisionModel
 
-            self.image_processor = self.load_tokenizer(CLIPImageProcessor, "image_processor")
+            self.image_processor = self.load_processor(CLIPImageProcessor, "image_processor")
             self.image_encoder = self.load_frozen(CLIPVisionModel, "image_encoder")
 
     # --- encoding ------------------------------------------------------------------------------
