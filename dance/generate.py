@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +39,21 @@ def denoise(
     schedule: Schedule,
     x: torch.Tensor,
     cond: Conditioning,
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | BatchNoise | None = None,
     deterministic: bool = False,
 ) -> Iterator[StepOutput]:
     """The sampling loop: yield every step's output, starting from latents ``x [b, *L]``.
 
     ``generator`` is one generator for the batch (the sampler draws from it), or one per sample
     (``b`` of them): then sample ``i``'s noise at every step comes from generator ``i`` alone,
-    so it does not depend on the batch, nor on the rank, the sample is drawn in.
+    so it does not depend on the batch, nor on the rank, the sample is drawn in; or a
+    :class:`BatchNoise`: these rows of one draw for a whole batch at every step.
     """
     b = x.shape[0]
+    batch_noise = generator if isinstance(generator, BatchNoise) else None
+    if batch_noise is not None:
+        generator = None
+        shared_gen = torch.Generator(x.device).manual_seed(batch_noise.seed)
     per_sample = generator is not None and not isinstance(generator, torch.Generator)
     if per_sample and len(generator) != b:  # type: ignore[arg-type]
         raise ValueError(f"{len(generator)} generators for {b} samples")  # type: ignore[arg-type]
@@ -55,7 +61,11 @@ def denoise(
         t = schedule.timesteps[k].expand(b)  # [b]
         k_idx = torch.full((b,), k, dtype=torch.long, device=x.device)
         v = predict_distinct(policy, x, t, cond)  # [b, *L]
-        if per_sample and sampler.stochastic and not deterministic:
+        if batch_noise is not None and sampler.stochastic and not deterministic:
+            every = x.new_empty((batch_noise.total, *x.shape[1:]))  # [total, *L]
+            z = draw_noise(every, shared_gen)[batch_noise.local_rows().to(x.device)]  # [b, *L]
+            out = step_with_noise(sampler, v, x, k_idx, schedule, z)
+        elif per_sample and sampler.stochastic and not deterministic:
             out = step_per_sample(sampler, v, x, k_idx, schedule, generator)  # type: ignore[arg-type]
         else:
             shared = None if per_sample else generator
@@ -76,12 +86,48 @@ def step_per_sample(
     from ``generators[i]``, through the sampler contract alone: the deterministic step gives the
     Gaussian's mean and std, and the step given ``next_latents`` its log-probability. The same
     arithmetic as the sampler's own draw, so the log-probability is the sampler's."""
-    gaussian = sampler.step(model_output, latents, step_index, schedule, deterministic=True)
     noise = torch.cat(
         [draw_noise(latents[i : i + 1], g) for i, g in enumerate(generators)]
     )  # [b, *L] fp32
+    return step_with_noise(sampler, model_output, latents, step_index, schedule, noise)
+
+
+def step_with_noise(
+    sampler: Sampler,
+    model_output: torch.Tensor,
+    latents: torch.Tensor,
+    step_index: torch.Tensor,
+    schedule: Schedule,
+    noise: torch.Tensor,
+) -> StepOutput:
+    """The stochastic step ``x_next = mean + std * noise`` for given standard normal ``noise``
+    ``[b, *L]`` (fp32), through the sampler contract alone: the deterministic step gives the
+    Gaussian's mean and std, and the step given ``next_latents`` its log-probability. The same
+    arithmetic as the sampler's own draw, so the result is the sampler's for that noise."""
+    gaussian = sampler.step(model_output, latents, step_index, schedule, deterministic=True)
     sample = gaussian.mean + gaussian.std * noise
     return sampler.step(model_output, latents, step_index, schedule, next_latents=sample)
+
+
+@dataclass(frozen=True)
+class BatchNoise:
+    """The sampler's noise for some rows of an iteration's whole batch.
+
+    At every step of :func:`denoise`, a generator seeded with ``seed`` (restarted at each call)
+    draws the noise of all ``total`` samples of the iteration, ``[total, *L]``, and ``rows``
+    (global sample indices ``[b]``; padding rows past the last sample reuse its noise) take
+    theirs. So the noise does not depend on the rollout batch size, the rank or the number of
+    processes, and one process whose rollout is one batch draws exactly what the sampler would
+    draw from that generator itself. Drawing a whole batch per step costs far less than a
+    forward pass of the model.
+    """
+
+    seed: int
+    total: int
+    rows: torch.Tensor  # [b] global sample indices
+
+    def local_rows(self) -> torch.Tensor:
+        return self.rows.clamp(max=self.total - 1)
 
 
 def predict_distinct(

@@ -47,7 +47,7 @@ from dance.data import PromptSource, read_prompts
 from dance.ema import EMA
 from dance.errors import ConfigError, RewardError, RunError, UsageError
 from dance.evaluation import Evaluator
-from dance.generate import denoise, noise_from_seeds
+from dance.generate import BatchNoise, denoise, noise_from_seeds
 from dance.interfaces import Conditioning, Prompt, Reward, Runtime, StepOutput
 from dance.layout import (
     MicroBatch,
@@ -55,7 +55,6 @@ from dance.layout import (
     draw_pairs,
     optimizer_windows,
     rank_micro_batches,
-    stream_seed,
 )
 from dance.paired import paired_change
 from dance.plots import before_after_grid, line_chart
@@ -63,10 +62,6 @@ from dance.recipe import Recipe, RewardSpec, dumps_toml
 from dance.registry import Registry, get_registry
 from dance.run_log import RunLog, save_grid
 from dance.sharding import clip_gradients, shard_policy, sum_replicated_gradients
-
-# Streams of random draws (see dance.layout.stream_seed).
-_SDE_NOISE = 1
-_TRAINED_STEPS = 2
 
 
 @dataclass
@@ -251,15 +246,13 @@ class GRPOTrainer:
         seeds = [(cfg.seed * 1_000_003 + it) * 1_000_033 + key for key in keys.tolist()]
         return noise_from_seeds(self.policy, seeds)
 
-    def sde_generators(self, global_index: torch.Tensor, it: int) -> list[torch.Generator]:
-        """One generator per sample for the sampler's noise at every step, seeded from (seed,
-        iteration, global sample index): the same draws at any rollout batch size, on any rank,
-        and again after a resume."""
-        device = self.runtime.device
-        return [
-            torch.Generator(device).manual_seed(stream_seed(self.cfg.seed, it, _SDE_NOISE, j))
-            for j in global_index.tolist()
-        ]
+    def sde_noise(self, global_index: torch.Tensor, it: int) -> BatchNoise:
+        """The sampler's noise for the samples ``global_index [b]``: their rows of one draw for
+        the whole iteration per step, from a generator keyed by (seed, iteration) alone, so the
+        same at any rollout batch size, on any rank, and again after a resume. The key is the
+        one earlier one-process runs used, so their results are reproduced."""
+        seed = (self.cfg.seed * 1_000_003 + it) * 7_919 + 1
+        return BatchNoise(seed, self.samples_per_iteration, global_index)
 
     @torch.no_grad()
     def rollout(self, prompts: list[Prompt], global_index: torch.Tensor, it: int) -> Rollout:
@@ -267,7 +260,6 @@ class GRPOTrainer:
         n, steps = len(prompts), sched.num_steps
         cond = self.policy.encode(prompts)  # [n, ...]
         noise = self.initial_noise(global_index, it)  # [n, *L]
-        generators = self.sde_generators(global_index, it)  # n
         trajectory = noise.new_empty((n, steps + 1, *noise.shape[1:]))  # [n, N + 1, *L]
         log_probs = noise.new_empty((n, steps))  # [n, N]
         reward_latents = torch.empty_like(noise)  # [n, *L]
@@ -275,7 +267,8 @@ class GRPOTrainer:
             rows = slice(start, min(start + cfg.rollout_batch_size, n))
             c = cond.select(torch.arange(rows.start, rows.stop))
             trajectory[rows, 0] = noise[rows]
-            sampling = denoise(self.policy, self.sampler, sched, noise[rows], c, generators[rows])
+            sde_noise = self.sde_noise(global_index[rows], it)
+            sampling = denoise(self.policy, self.sampler, sched, noise[rows], c, sde_noise)
             for k, out in enumerate(sampling):
                 trajectory[rows, k + 1] = out.next_latents  # [b, *L]
                 log_probs[rows, k] = out.log_prob  # [b]
@@ -360,7 +353,8 @@ class GRPOTrainer:
             local_trained.to(advantages.device), advantages[local.to(advantages.device)], 0.0
         ).to(dev)  # [n]; 0 on rows that do not train (their pairs are padding only)
 
-        gen = torch.Generator().manual_seed(stream_seed(cfg.seed, it, _TRAINED_STEPS))
+        # Keyed by (seed, iteration) alone; the key one-process runs of earlier versions used.
+        gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) * 104_729)
         per_sample = max(1, int(cfg.timestep_fraction * self.train_steps.numel()))
         pairs = draw_pairs(self.train_steps, per_sample, trained, gen)  # [M, 2] global
         pairs_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps

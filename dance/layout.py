@@ -4,7 +4,9 @@ World-size invariance is a design rule (docs/quickstart.md, "Several processes")
 recipe and seed, 1, 2 or N processes draw the same samples, train the same (sample, step) pairs in
 the same optimizer steps and end with the same weights, up to the order of float reductions. So:
 
-- every random draw is keyed by (seed, iteration, global sample index), never by rank;
+- every random draw is keyed by (seed, iteration, global sample index), never by rank: the
+  initial noise per sample (or group), the sampler's noise as one draw for the whole batch per
+  step (:class:`dance.generate.BatchNoise`);
 - the pairs an iteration trains on, their order and their split into optimizer steps are drawn
   over the global batch, from a generator keyed by (seed, iteration) alone
   (:func:`draw_pairs`, :func:`optimizer_windows`); each rank then trains the pairs of the
@@ -22,19 +24,6 @@ from dataclasses import dataclass
 import torch
 
 import dance.distributed as dist
-
-_MASK = (1 << 63) - 1
-
-
-def stream_seed(seed: int, iteration: int, stream: int, index: int = 0) -> int:
-    """A 63-bit generator seed for draw ``stream`` (a small constant per kind of draw) of sample
-    ``index`` in ``iteration``: distinct keys give unrelated seeds, and nothing depends on the
-    rank or the batch a sample is drawn in."""
-    value = seed
-    for part in (iteration, stream, index):
-        value = (value * 1_000_003 + part + 1) & _MASK
-        value = (value ^ (value >> 29)) * 0xBF58476D1CE4E5B9 & _MASK
-    return value
 
 
 @dataclass(frozen=True)
