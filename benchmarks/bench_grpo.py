@@ -121,11 +121,12 @@ def bench_update(model: Path, args, out: Path) -> tuple[float, float, int]:
         rollout = trainer.rollout(batch, torch.arange(args.batch), it=0)
         advantages = torch.randn(args.batch, generator=torch.Generator().manual_seed(0))
         advantages = advantages.to(trainer.runtime.device)
+        trained = torch.ones(args.batch, dtype=torch.bool)  # [B] every sample trains
         trainer.policy.train(True)
-        trainer.update(rollout, advantages, it=0)  # warm-up (the same pairs every call)
+        trainer.update(rollout, advantages, trained, it=0)  # warm-up (the same pairs every call)
         samples = [
             timed(
-                lambda t=trainer, r=rollout, a=advantages: t.update(r, a, it=0),
+                lambda t=trainer, r=rollout, a=advantages, m=trained: t.update(r, a, m, it=0),
                 trainer.runtime.device,
             )
             for _ in range(args.repeats)

@@ -346,7 +346,8 @@ def prepare(command: DocCommand, tiny: Tiny, workdir: Path) -> Prepared:
             words += ["--target", str(site)]
             prepared.site.append(str(site))
     elif program == "torchrun":
-        words = _two_processes(words)
+        # torch's launcher as a module: the same program, found whatever PATH holds.
+        words = [sys.executable, "-m", "torch.distributed.run"] + _two_processes(words)[1:]
         if "dance.cli" in words:
             at = words.index("dance.cli") + 1
             extra, prepared.needs_open_clip = _dance_args(words[at + 1 :], words[at], tiny, workdir)
