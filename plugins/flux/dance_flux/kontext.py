@@ -87,6 +87,7 @@ class FluxKontextPolicy(FluxPolicy):
     name = "flux-kontext"
     config_class = FluxKontextConfig
     takes_image = True
+    image_task = "image editing"
     checkpoint_kind = "a diffusers FLUX.1 Kontext directory"
     checkpoint_example = "black-forest-labs/FLUX.1-Kontext-dev"
     trained_network = TrainedNetwork(
@@ -104,19 +105,6 @@ class FluxKontextPolicy(FluxPolicy):
         self._image_cache = EmbeddingCache(config.prompt_cache_size, config.cache_prompts)
 
     # --- the source image ----------------------------------------------------------------------
-
-    def _check_prompts(self, prompts: Sequence[Prompt]) -> None:
-        for p in prompts:
-            if p.image is None:
-                raise UsageError(
-                    f"policy 'flux-kontext' edits images: prompt {p.text!r} has no source image;"
-                    ' use a JSONL prompt file with {"prompt": "...", "image": "path"} per line'
-                )
-            if p.image.ndim != 3 or p.image.shape[0] not in (1, 3):
-                raise UsageError(
-                    f"the image of prompt {p.text!r} has shape {tuple(p.image.shape)}; expected"
-                    " [3, H, W] (or [1, H, W]) pixels in [0, 1]"
-                )
 
     def working_size(self, image: torch.Tensor) -> tuple[int, int]:
         """(height, width) the source image ``[C, H, W]`` is resized to (policy.image_size)."""
@@ -159,16 +147,16 @@ class FluxKontextPolicy(FluxPolicy):
             grids = [torch.tensor([rows, cols]) for _, rows, cols in encoded]
             return [torch.stack([latent for latent, _, _ in encoded]), torch.stack(grids)]
 
-        latents, grid = self._image_cache.lookup([p.image for p in prompts], encode, image_key)
-        sizes = sorted({(int(r), int(c)) for r, c in grid.tolist()})
+        sizes = sorted({self.working_size(p.image) for p in prompts})
         if len(sizes) > 1:
             # One batch is one tensor: every source image must give the same number of tokens.
             raise UsageError(
-                "the source images of one batch come to different working sizes (latent token"
-                f" grids {', '.join(f'{r}x{c}' for r, c in sizes)}); give images of one aspect"
+                "the source images of one batch come to different working sizes"
+                f" ({', '.join(f'{h}x{w}' for h, w in sizes)} pixels); give images of one aspect"
                 " ratio, or set policy.image_size=output to resize every image to policy.height"
                 " x policy.width"
             )
+        latents, grid = self._image_cache.lookup([p.image for p in prompts], encode, image_key)
         return {"image_latents": latents, "image_grid": grid}
 
     # --- prediction ----------------------------------------------------------------------------
