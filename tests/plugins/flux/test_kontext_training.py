@@ -115,3 +115,19 @@ def test_dance_run_trains_on_an_edit_reward(tiny_kontext: Path, edit_prompt_file
     assert any((out / "checkpoints" / "iter-000002" / "trained").iterdir())
     rewards = [row["reward/test-source-closeness/mean"] for row in rows]
     assert all(-1.0 <= r < 0.0 for r in rewards)  # minus a mean absolute pixel difference
+
+
+def test_recipe_shift_is_the_pipelines_at_its_resolution() -> None:
+    """FluxKontextPipeline's dynamic shift at the recipe's size is exp(mu) of its token count
+    (the scheduler's exponential time shift equals a static shift of exp(mu))."""
+    import math
+
+    from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
+
+    from dance.recipe import read_recipe
+
+    raw = read_recipe("flux-kontext")
+    tokens = (raw["policy"]["height"] // 16) * (raw["policy"]["width"] // 16)
+    # FLUX.1-Kontext-dev's scheduler_config.json: 256 / 4096 tokens, shifts 0.5 / 1.15.
+    mu = calculate_shift(tokens, 256, 4096, 0.5, 1.15)
+    assert raw["sampler"]["shift"] == pytest.approx(math.exp(mu), abs=1e-4)
