@@ -140,3 +140,21 @@ def test_sampling_and_decode_reproduce_the_pipeline(make_kontext, kontext_pipe) 
     assert not torch.allclose(
         policy.predict(noise, sigma, cond), policy.predict(noise, sigma, other)
     )
+
+
+def test_tiny_builder_command_writes_a_kontext_checkpoint(tmp_path: Path, capsys) -> None:
+    """`python -m dance_flux.tiny OUT --kontext`: FluxKontextPipeline's layout, which the
+    policy's layout check accepts and FluxKontextPipeline loads."""
+    from diffusers import FluxKontextPipeline
+
+    from dance_flux.layout import check_layout
+    from dance_flux.tiny import main
+
+    main([str(tmp_path / "k"), "--kontext"])
+    assert "FLUX.1 Kontext" in capsys.readouterr().out
+    check_layout(tmp_path / "k")
+    index = json.loads((tmp_path / "k" / "model_index.json").read_text())
+    assert index["_class_name"] == "FluxKontextPipeline"
+    scheduler = json.loads((tmp_path / "k" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["use_dynamic_shifting"] is True
+    assert FluxKontextPipeline.from_pretrained(tmp_path / "k", local_files_only=True)
