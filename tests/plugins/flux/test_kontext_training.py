@@ -85,7 +85,8 @@ class _EditRewardPlugin:
 
 def test_dance_run_trains_on_an_edit_reward(tiny_kontext: Path, edit_prompt_file, tmp_path):
     """`dance run` for two iterations on a JSONL file of edits, scored against the source
-    images: the reward receives every prompt's source image, unchanged (40x48, as written)."""
+    images: the reward receives every prompt's source image, unchanged (40x48, as written), in
+    training and in the evaluation."""
     import dance.registry
     from dance.cli import main
     from dance.registry import load_registry
@@ -101,6 +102,9 @@ def test_dance_run_trains_on_an_edit_reward(tiny_kontext: Path, edit_prompt_file
     ]
     args += ["trainer.iterations=2", "trainer.prompts_per_iteration=2", "trainer.group_size=2"]
     args += ["sampler.num_steps=2", "trainer.checkpoint_every=2"]
+    # The evaluation scores the same edits before and after training.
+    args += [f"evaluation.prompts={edit_prompt_file}", "evaluation.seeds=1"]
+    args += ["evaluation.num_steps=2"]
     SourceCloseness.seen_sources.clear()
     dance.registry._REGISTRY = load_registry(extra={"test-edit-reward": _EditRewardPlugin()})
     try:
@@ -111,7 +115,9 @@ def test_dance_run_trains_on_an_edit_reward(tiny_kontext: Path, edit_prompt_file
     assert exc.value.code == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
-    assert SourceCloseness.seen_sources and set(SourceCloseness.seen_sources) == {(3, 40, 48)}
+    # 2 iterations x 2 prompts x 2 samples in training; 3 edits in each of two evaluations.
+    assert len(SourceCloseness.seen_sources) == 2 * 2 * 2 + 2 * 3  # evaluations: before, after
+    assert set(SourceCloseness.seen_sources) == {(3, 40, 48)}
     assert any((out / "checkpoints" / "iter-000002" / "trained").iterdir())
     rewards = [row["reward/test-source-closeness/mean"] for row in rows]
     assert all(-1.0 <= r < 0.0 for r in rewards)  # minus a mean absolute pixel difference
