@@ -22,13 +22,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from dance.config import option
 from dance.diffusers_policy import EmbeddingCache
-from dance.errors import ModelLayoutError, UsageError
+from dance.errors import FileFault, ModelLayoutError, UsageError
+from dance.files import first_line
 from dance.interfaces import Conditioning, Prompt, Runtime
+from dance.model_layout import check_component_files
 from dance_wan.base import WanCommonConfig, WanFamilyPolicy
 from dance_wan.images import fit_image, image_key, to_pil
 from dance_wan.layout import I2V_LAYOUT
@@ -46,6 +50,16 @@ class WanI2VConfig(WanCommonConfig):
         " tensor images.",
         choices=("crop", "stretch"),
     )
+
+
+def _load_image_processor(loader: Any, folder: Path) -> Any:
+    """An image processor folder (preprocessor_config.json; no vocabulary, so not through the
+    tokenizer check), from local files only, with a one-line error naming the folder."""
+    check_component_files(folder)
+    try:
+        return loader.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a missing or bad file
+        raise FileFault(f"cannot load the image processor in {folder}: {first_line(exc)}") from None
 
 
 class WanI2VPolicy(WanFamilyPolicy):
@@ -88,7 +102,9 @@ class WanI2VPolicy(WanFamilyPolicy):
         if self.checkpoint.has_image_encoder:
             from transformers import CLIPImageProcessor, CLIPVisionModel
 
-            self.image_processor = self.load_tokenizer(CLIPImageProcessor, "image_processor")
+            self.image_processor = _load_image_processor(
+                CLIPImageProcessor, self.path / "image_processor"
+            )
             self.image_encoder = self.load_frozen(CLIPVisionModel, "image_encoder")
 
     # --- encoding ------------------------------------------------------------------------------
