@@ -156,6 +156,36 @@ def test_later_policies_build_their_published_network_sizes() -> None:
     assert json.loads(processor.read_text())["crop_size"] == {"height": 224, "width": 224}
 
 
+def test_full_size_layouts_of_the_later_policies(tmp_path: Path) -> None:
+    """The suite's full-size folders of sd3, wan-t2v and wan-i2v: the tiny builder's layout with
+    every shipped config in its folder (a folder the layout lacks would be an error), weights
+    replaced by the marker, and Wan I2V's 224-pixel image processor copied over the tiny one."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, CLIPImageProcessor
+
+    sys.path.insert(0, str(SUITE.parent))
+    try:
+        from gpu_suite_measure import write_model
+    finally:
+        sys.path.remove(str(SUITE.parent))
+    specs = benchmark_specs(get_registry())
+    ctx = SimpleNamespace(root=tmp_path, tiny=False)
+    for name in ("sd3", "wan-t2v", "wan-i2v"):
+        spec = specs[name]
+        folder = write_model(spec, ctx)
+        for network, config in spec.full_configs().items():
+            written = json.loads((folder / network / "config.json").read_text())
+            assert {k: written[k] for k in config} == config, (name, network)
+            assert (folder / network / MARKER).is_file()
+            if "_class_name" not in written:  # a transformers config: it parses as its class
+                assert (
+                    AutoConfig.from_pretrained(folder / network).model_type == config["model_type"]
+                )
+    processor = CLIPImageProcessor.from_pretrained(tmp_path / "wan-i2v-model" / "image_processor")
+    assert processor.crop_size == {"height": 224, "width": 224}
+
+
 def test_random_weights_load_through_the_policy(tmp_path: Path) -> None:
     """A random-weights folder loads through the policy's own from_pretrained calls: configs as
     written, new random weights materialised on the device, buffers intact."""
