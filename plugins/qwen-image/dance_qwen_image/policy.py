@@ -153,8 +153,9 @@ class QwenImagePolicy(DiffusersPolicy):
         """QwenImagePipeline._get_qwen_prompt_embeds and encode_prompt: the encoder's last
         hidden state at each prompt's own tokens (the template's system part dropped), cut at
         max_sequence_length, zero-padded ([N, L, D], L = max_sequence_length so that cached rows
-        stack) with the mask of the real tokens ([N, L], int64). :meth:`predict` trims both to
-        the batch's longest prompt, the length the pipeline pads to."""
+        stack, and a prompt's row is the same alone or in a batch) with the mask of the real
+        tokens ([N, L], int64). :meth:`predict` cuts both to the batch's longest prompt, the
+        length the pipeline pads to."""
         length = self.config.max_sequence_length
         tokens = self.tokenizer(
             [PROMPT_TEMPLATE.format(t) for t in texts],

@@ -83,10 +83,12 @@ def test_encode_matches_the_pipeline(make_policy, pipe, caplog):
     assert embeds.shape[1] == TEXT_LEN  # the long prompt fills it
     torch.testing.assert_close(cond["prompt_embeds"], embeds, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(cond["prompt_embeds_mask"], mask, atol=0, rtol=0)
-    # Shorter prompts alone: the pipeline pads to the longest; the policy pads to TEXT_LEN and
-    # predict trims. Each row's real tokens and mask are the pipeline's.
+    # Shorter prompts alone: the pipeline pads to the longest of them; the policy pads to
+    # TEXT_LEN (a prompt's row is the same in any batch) and predict cuts. The real tokens and
+    # the mask are the pipeline's, zeros after them.
     short, short_mask = pipeline_embeddings(pipe, PROMPTS)
     n = short.shape[1]
+    assert n < TEXT_LEN
     torch.testing.assert_close(cond["prompt_embeds"][:2, :n], short, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(cond["prompt_embeds_mask"][:2, :n], short_mask, atol=0, rtol=0)
     assert not cond["prompt_embeds_mask"][:2, n:].any()
@@ -122,6 +124,22 @@ def test_predict_is_true_cfg_with_the_pipelines_norm_rescale(make_policy, pipe):
     assert got.shape == (2, TOKENS, PACKED) and got.dtype == torch.float32
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(got, v_c, atol=1e-3)  # guidance changed something
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(make_policy, perturb):
+    """policy.gradient_checkpointing recomputes the blocks (masked text included) exactly."""
+    grads = []
+    for checkpointing in (False, True):
+        policy = make_policy(gradient_checkpointing=checkpointing, true_cfg_scale=1.0)
+        perturb(policy)
+        policy.train(True)
+        assert policy.transformer.is_gradient_checkpointing == checkpointing
+        x = policy.initial_noise(2, torch.Generator().manual_seed(2))
+        cond = policy.encode([Prompt(p) for p in PROMPTS])
+        policy.predict(x, torch.tensor([0.7, 0.4]), cond).square().mean().backward()
+        grads.append([p.grad.clone() for p in policy.trainable_parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_cfg_scale_one_is_a_single_conditional_pass(make_policy):
