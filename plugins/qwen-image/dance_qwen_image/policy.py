@@ -27,6 +27,7 @@ import torch
 
 from dance.config import option
 from dance.diffusers_policy import DiffusersPolicy, DiffusersPolicyConfig, override
+from dance.diffusers_policy.config import JOINT_ATTENTION_LORA_TARGETS
 from dance.diffusers_policy.guidance import cfg_combine
 from dance.diffusers_policy.packing import pack_latents, unpack_latents
 from dance.finetune import TrainedNetwork
@@ -59,16 +60,7 @@ class QwenImageConfig(DiffusersPolicyConfig):
     width: int = override("width", 720, " (DanceGRPO's Qwen-Image: 720).")
     lora_targets: list[str] = override(
         "lora_targets",
-        [
-            "attn.to_q",
-            "attn.to_k",
-            "attn.to_v",
-            "attn.to_out.0",
-            "attn.add_q_proj",
-            "attn.add_k_proj",
-            "attn.add_v_proj",
-            "attn.to_add_out",
-        ],
+        list(JOINT_ATTENTION_LORA_TARGETS),
         " Here the joint attention's image and text projections.",
     )
     true_cfg_scale: float = option(
@@ -143,9 +135,7 @@ class QwenImagePolicy(DiffusersPolicy):
         if not blocks:
             return []
         dead = [f"{blocks[-1]}.attn.add_q_proj", f"{blocks[-1]}.attn.to_add_out"]
-        # Only those LoRA would otherwise wrap (peft matches a target as a name suffix).
-        targets = self.config.lora_targets
-        return [n for n in dead if any(n == t or n.endswith(f".{t}") for t in targets)]
+        return self.lora_targeted(dead)
 
     # --- prompts -------------------------------------------------------------------------------
 

@@ -21,19 +21,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 
-GIB = 2**30
-TARGETS = [
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-]
+from dance.diffusers_policy.config import JOINT_ATTENTION_LORA_TARGETS
+from dance.memory_estimate import GIB, count_parameters, saved_activation_bytes
+
+TARGETS = list(JOINT_ATTENTION_LORA_TARGETS)  # the policy's default LoRA targets
 
 
 # Qwen/Qwen-Image text_encoder/config.json (Qwen2.5-VL-7B-Instruct): its text model and vision
@@ -58,25 +50,6 @@ QWEN25_VL_7B = {
 }
 
 
-class FusedAttentionStandIn(torch.autograd.Function):
-    """Saves what a fused attention kernel keeps for its backward pass."""
-
-    @staticmethod
-    def forward(ctx, q, k, v):  # noqa: ANN001, ANN205
-        out = torch.empty_like(q)
-        lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        raise NotImplementedError("shapes only")
-
-
-def count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def main() -> None:
     from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
     from peft import LoraConfig
@@ -95,8 +68,8 @@ def main() -> None:
         vae = AutoencoderKLQwenImage()
         text = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**QWEN25_VL_7B))
     print(
-        f"parameters: transformer {count(transformer):,}  vae {count(vae):,}"
-        f"  text encoder {count(text):,}"
+        f"parameters: transformer {count_parameters(transformer):,}  vae {count_parameters(vae):,}"
+        f"  text encoder {count_parameters(text):,}"
     )
     transformer.requires_grad_(args.finetune == "full")
     if args.finetune == "lora":
@@ -107,36 +80,21 @@ def main() -> None:
     transformer.to(torch.bfloat16).train()  # bf16 stands in for bf16 autocast
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
-    trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
+    trainable = count_parameters(transformer, trainable_only=True)
     print(f"trainable parameters: {trainable:,}")
-
-    def attention(query, key, value, *args, **kwargs):  # noqa: ANN001, ANN202
-        # diffusers' native backend passes them by keyword
-        return FusedAttentionStandIn.apply(query, key, value)
-
-    F.scaled_dot_product_attention = attention
-    saved: dict[int, torch.Tensor] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        saved[id(tensor)] = tensor
-        return tensor
 
     grid = args.size // 16  # VAE factor 8 x 2x2 packing
     latents = torch.empty(1, grid * grid, 64, device="meta", dtype=torch.bfloat16)
     embeds = torch.empty(1, args.text_tokens, 3584, device="meta", dtype=torch.bfloat16)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        transformer(
+    activations = saved_activation_bytes(
+        transformer,
+        lambda: transformer(
             hidden_states=latents,
             encoder_hidden_states=embeds,
             timestep=torch.full((1,), 0.5, device="meta"),
             img_shapes=[[(1, grid, grid)]],
-        )
-    params = {id(p) for p in transformer.parameters()}
-
-    def is_weight(t: torch.Tensor) -> bool:
-        return id(t) in params or (t._base is not None and id(t._base) in params)
-
-    activations = sum(t.numel() * t.element_size() for t in saved.values() if not is_weight(t))
+        ),
+    )
     print(
         f"activations saved for backward per sample ({grid * grid} image + {args.text_tokens}"
         f" text tokens): {activations / GIB:.2f} GiB"
