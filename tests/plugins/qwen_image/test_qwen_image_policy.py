@@ -12,6 +12,7 @@ import torch
 
 from dance.errors import ConfigError, ModelLayoutError, UsageError
 from dance.interfaces import Prompt
+from dance.testing.pipeline_reference import euler_sample
 
 PROMPTS = ["a red cat on the left", "two blue squares"]
 SIZE, TEXT_LEN = 32, 24  # the make_policy fixture's image size and prompt length
@@ -30,15 +31,6 @@ def pipeline_kwargs(**extra):
     kwargs = dict(height=SIZE, width=SIZE, num_inference_steps=3, output_type="pt")
     kwargs.update(negative_prompt=" ", true_cfg_scale=CFG, max_sequence_length=TEXT_LEN)
     return {**kwargs, **extra}
-
-
-def euler_sample(policy, cond, noise, sigmas):
-    """The pipeline's Euler loop over policy.predict: x += (s_{k+1} - s_k) v."""
-    x = noise
-    with torch.no_grad():
-        for k in range(len(sigmas) - 1):
-            x = x + (sigmas[k + 1] - sigmas[k]) * policy.predict(x, sigmas[k : k + 1], cond)
-    return x
 
 
 def test_loads_every_component_frozen(make_policy):
