@@ -56,8 +56,8 @@ class QwenImageConfig(DiffusersPolicyConfig):
     size_multiple = 16
     size_reason = "VAE factor 8 x 2x2 latent packing"
 
-    height: int = override("height", 720, " (DanceGRPO's Qwen-Image: 720).")
-    width: int = override("width", 720, " (DanceGRPO's Qwen-Image: 720).")
+    height: int = override("height", 720, " DanceGRPO's Qwen-Image: 720.")
+    width: int = override("width", 720, " DanceGRPO's Qwen-Image: 720.")
     lora_targets: list[str] = override(
         "lora_targets",
         list(JOINT_ATTENTION_LORA_TARGETS),
