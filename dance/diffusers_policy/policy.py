@@ -134,6 +134,12 @@ class DiffusersPolicy(FinetunedPolicy):
             network.enable_gradient_checkpointing()
         return network
 
+    def lora_targeted(self, names: Sequence[str]) -> list[str]:
+        """Those of the module ``names`` that LoRA would wrap (peft matches a target as a name
+        suffix): what :meth:`lora_exclude` may name."""
+        targets = self.config.lora_targets
+        return [n for n in names if any(n == t or n.endswith(f".{t}") for t in targets)]
+
     def check_size_factor(self, factor: int, why: str) -> None:
         """ConfigError unless height and width are multiples of ``factor`` (known only once the
         checkpoint's configs are read)."""
