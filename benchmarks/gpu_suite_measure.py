@@ -178,6 +178,10 @@ def write_model(spec: BenchmarkSpec, ctx: SuiteContext) -> Path:
         spec.build_tiny(folder)
         configs = None if ctx.tiny else spec.full_configs()
         write_random_layout(folder, configs, None if ctx.tiny else spec.config_sources)
+        for name, source in ({} if ctx.tiny else spec.full_files).items():
+            if not (folder / name).is_file():
+                raise ValueError(f"policy '{spec.policy}': {folder} has no {name} to replace")
+            (folder / name).write_text(Path(source).read_text())
     return folder
 
 

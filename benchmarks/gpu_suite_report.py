@@ -18,7 +18,7 @@ def _setting(s: dict[str, Any]) -> str:
     tune = f"LoRA {s['lora_rank']}" if s.get("lora_rank") else s.get("finetune", "")
     return (
         f"{s['height']}x{s['width']}{frames}, {s['steps']} steps, "
-        f"{s['prompts_per_gpu']}x{s['group_size']} samples, {tune}"
+        f"{s['prompts_per_gpu']:g}x{s['group_size']} samples, {tune}"
     )
 
 

@@ -6,6 +6,10 @@ network of the real size:
 
 * ``hps`` and ``clip-score``: open_clip ViT-H-14 (HPS-v2.1) and ViT-H-14-378-quickgelu (DFN5B),
   architectures from open_clip's bundled model configs, random bf16 weights as a safetensors file;
+* ``pickscore``: a transformers ``CLIPModel`` folder with PickScore_v1's sizes
+  (gpu_suite_configs/pickscore-v1.json) loaded with random weights through
+  :mod:`dance.random_weights`, and a ``CLIPProcessor`` folder with the laion processor's 224-pixel
+  preprocessing;
 * ``videoalign``: a Qwen2-VL-Instruct base folder with Qwen2-VL-2B-Instruct's sizes
   (gpu_suite_configs/qwen2-vl-2b-instruct.json) loaded with random weights through
   :mod:`dance.random_weights`, and VideoReward's ``model.pth`` holding the whole LoRA-wrapped model
@@ -24,6 +28,10 @@ from typing import Any
 import torch
 
 QWEN2_VL_2B = Path(__file__).parent / "gpu_suite_configs" / "qwen2-vl-2b-instruct.json"
+PICKSCORE_V1 = Path(__file__).parent / "gpu_suite_configs" / "pickscore-v1.json"
+# laion/CLIP-ViT-H-14-laion2B-s32B-b79K's preprocessor_config.json (PickScore's processor):
+# shortest side 224, bicubic, 224 x 224 center crop.
+PICKSCORE_PIXELS = 224
 # VideoReward's released peft_lora_config (KwaiVGI/VideoReward model_config.json).
 VIDEOREWARD_LORA = {"lora_r": 64, "lora_alpha": 128}
 
@@ -36,6 +44,8 @@ class RewardFiles:
     clip_score_model = "ViT-H-14-378-quickgelu"
     clip_score_pretrained = "dfn5b"  # DFN5B's preprocessing and QuickGELU, as the recipe's
     videoalign_base_sizes = QWEN2_VL_2B
+    pickscore_sizes = PICKSCORE_V1
+    pickscore_pixels = PICKSCORE_PIXELS
 
     def __init__(self, root: Path, tiny: bool, device: torch.device) -> None:
         self.root, self.tiny, self.device = root, tiny, device
@@ -103,6 +113,41 @@ class RewardFiles:
         path = self.root / file_name
         save_file(state, str(path))
         return path
+
+    def _pickscore(self) -> dict[str, Any]:
+        from dance_clip_rewards.tiny import write_pickscore
+
+        model, processor = write_pickscore(self.root / "pickscore", self.root / "pickscore-proc")
+        if not self.tiny:
+            self._full_size_pickscore(model, processor)
+        return {"model": str(model), "processor": str(processor)}
+
+    def _full_size_pickscore(self, model: Path, processor: Path) -> None:
+        """PickScore_v1's sizes over the tiny folder (random weights drawn at load) and the
+        laion processor's 224-pixel preprocessing."""
+        from transformers import CLIPImageProcessor, CLIPProcessor
+
+        from dance.random_weights import write_random_layout
+        from dance_clip_rewards.tiny import clip_tokenizer
+
+        config = json.loads((model / "config.json").read_text())
+        sizes = json.loads(Path(self.pickscore_sizes).read_text())
+        source = sizes.pop("_source")
+        for key, value in sizes.items():
+            if isinstance(value, dict):
+                config[key] = {**config.get(key, {}), **value}
+            else:
+                config[key] = value
+        write_random_layout(model, {".": config}, {".": source})
+        pixels = self.pickscore_pixels
+        image_processor = CLIPImageProcessor(
+            size={"shortest_edge": pixels},
+            crop_size={"height": pixels, "width": pixels},
+            resample=3,  # bicubic
+        )
+        CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer()).save_pretrained(
+            processor
+        )
 
     # -- VideoAlign ---------------------------------------------------------------------------
 

@@ -51,10 +51,15 @@ class BenchmarkSpec:
     # Dotted overrides of the tiny counterpart (small resolution and frames for a CPU).
     tiny_overrides: Mapping[str, Any] = field(default_factory=dict)
     # Prompts one GPU rolls out per iteration in the published run (the group size comes from
-    # the recipe): DanceGRPO draws one prompt per GPU for FLUX and the video models, four for SD.
-    prompts_per_gpu: int = 1
+    # the recipe): DanceGRPO draws one prompt per GPU for FLUX and the video models, four for SD;
+    # fractional where a published run spreads groups over GPUs (Flow-GRPO's SD3.5: 1.5).
+    prompts_per_gpu: float = 1
     # Image-to-video: every prompt carries a conditioning image.
     needs_image: bool = False
+    # Files other than network configs that differ at full size (an image processor's
+    # 224-pixel preprocessing, say): {path in the diffusers layout: shipped file}, copied over
+    # the tiny builder's at full size only.
+    full_files: Mapping[str, Path] = field(default_factory=dict)
     # The plain diffusers pipeline over a loaded policy's modules (same network, scheduler of
     # the same schedule), and the keyword arguments of its __call__ for ``batch`` prompts at the
     # policy's setting; None when the model has no diffusers pipeline to compare with.

@@ -4,7 +4,8 @@ Two formats, told apart by the file name:
 
 * ``*.txt`` (or any other name): one prompt per non-empty line.
 * ``*.jsonl``: one JSON object per non-empty line, ``{"prompt": "..."}`` for a text-only prompt,
-  ``{"prompt": "...", "image": "cat.png"}`` for a prompt conditioned on an image (image-to-video),
+  ``{"prompt": "...", "image": "cat.png"}`` for a prompt conditioned on an image (image-to-video,
+  or the source image of an edit),
   or ``{"prompt": "...", "video": "clip.mp4"}`` to condition on the first frame of a video.
   Relative paths are taken from the folder of the JSONL file.
 

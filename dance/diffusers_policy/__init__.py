@@ -8,7 +8,7 @@ guidance in its forms, FLUX-style latent packing, the VAE output stage and the t
 (LoRA or full fine-tune, from :mod:`dance.finetune`).
 """
 
-from dance.diffusers_policy.cache import EmbeddingCache
+from dance.diffusers_policy.cache import EmbeddingCache, image_key
 from dance.diffusers_policy.config import DiffusersPolicyConfig, override
 from dance.diffusers_policy.guidance import cfg_combine, embedded_guidance, guided_forward
 from dance.diffusers_policy.packing import latent_image_ids, pack_latents, unpack_latents
@@ -21,6 +21,7 @@ __all__ = [
     "cfg_combine",
     "embedded_guidance",
     "guided_forward",
+    "image_key",
     "latent_image_ids",
     "override",
     "pack_latents",

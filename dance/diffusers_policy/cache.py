@@ -3,6 +3,7 @@ once by the frozen encoders, least recently used entries dropped beyond a size."
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -55,3 +56,9 @@ class EmbeddingCache(OrderedDict):
             while len(self) > self.size:
                 self.popitem(last=False)
         return tuple(torch.stack(column) for column in zip(*rows, strict=True))
+
+
+def image_key(image: torch.Tensor) -> tuple[tuple[int, ...], str]:
+    """Shape and content hash of a conditioning image ``[C, H, W]``: an image-latent cache key."""
+    data = image.detach().to("cpu", torch.float32).contiguous()
+    return tuple(data.shape), hashlib.sha256(data.numpy().tobytes()).hexdigest()

@@ -14,6 +14,19 @@ from typing import Any, ClassVar
 from dance.config import option
 from dance.errors import ConfigError
 
+# The LoRA targets of an MMDiT's joint attention (SD3, Qwen-Image): its image projections and its
+# text ("added") projections.
+JOINT_ATTENTION_LORA_TARGETS = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
+
 
 @dataclass
 class DiffusersPolicyConfig:

@@ -64,6 +64,8 @@ class DiffusersPolicy(FinetunedPolicy):
     # who gives an image to a text-only policy.
     takes_image: ClassVar[bool] = False
     image_hint: ClassVar[str] = ""
+    # The task of an image policy, for messages ("image-to-video", "image editing").
+    image_task: ClassVar[str] = "image-to-video"
     # Names of what _encode_texts returns, in order: the conditioning keys of the text.
     text_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds",)
 
@@ -132,6 +134,12 @@ class DiffusersPolicy(FinetunedPolicy):
             network.enable_gradient_checkpointing()
         return network
 
+    def lora_targeted(self, names: Sequence[str]) -> list[str]:
+        """Those of the module ``names`` that LoRA would wrap (peft matches a target as a name
+        suffix): what :meth:`lora_exclude` may name."""
+        targets = self.config.lora_targets
+        return [n for n in names if any(n == t or n.endswith(f".{t}") for t in targets)]
+
     def check_size_factor(self, factor: int, why: str) -> None:
         """ConfigError unless height and width are multiples of ``factor`` (known only once the
         checkpoint's configs are read)."""
@@ -145,12 +153,26 @@ class DiffusersPolicy(FinetunedPolicy):
     # --- prompts -------------------------------------------------------------------------------
 
     def _check_prompts(self, prompts: Sequence[Prompt]) -> None:
-        """UsageError for an image given to a text-only policy; an image policy checks its own."""
-        if not self.takes_image and any(p.image is not None for p in prompts):
-            raise UsageError(
-                f"policy '{self.name}' is text-to-{self.modality}: prompts must not carry an"
-                f" image{self.image_hint}"
-            )
+        """UsageError for an image given to a text-only policy, and for a prompt of an image
+        policy (``takes_image``) without an image or with one of another shape than [C, H, W]."""
+        if not self.takes_image:
+            if any(p.image is not None for p in prompts):
+                raise UsageError(
+                    f"policy '{self.name}' is text-to-{self.modality}: prompts must not carry an"
+                    f" image{self.image_hint}"
+                )
+            return
+        for p in prompts:
+            if p.image is None:
+                raise UsageError(
+                    f"policy '{self.name}' is {self.image_task}: prompt {p.text!r} has no image;"
+                    ' use a JSONL prompt file with {"prompt": "...", "image": "path"} per line'
+                )
+            if p.image.ndim != 3 or p.image.shape[0] not in (1, 3):
+                raise UsageError(
+                    f"the image of prompt {p.text!r} has shape {tuple(p.image.shape)}; expected"
+                    " [3, H, W] (or [1, H, W]) pixels in [0, 1]"
+                )
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[Prompt]) -> Conditioning:

@@ -20,7 +20,7 @@ from dance.random_weights import MARKER, ParametersOnMeta, random_weights, write
 from dance.registry import get_registry, load_registry
 
 SUITE = Path(__file__).parents[2] / "benchmarks" / "gpu_suite.py"
-POLICIES = ("flux", "hunyuan-video", "sd", "skyreels-i2v")
+POLICIES = ("flux", "hunyuan-video", "sd", "sd3", "skyreels-i2v", "wan-i2v", "wan-t2v")
 UNITS = (
     "encode_s_per_prompt",
     "rollout_s_per_sample_step",
@@ -117,6 +117,75 @@ def test_every_policy_has_a_spec_with_published_network_sizes() -> None:
         assert all(p.is_meta for p in model.parameters())
 
 
+def _meta_count(config: dict, buffers: bool = False) -> int:
+    """Parameters (and, with ``buffers``, the persistent buffers a weights file stores) of the
+    network a shipped config builds, constructed on the meta device."""
+    import diffusers
+    import transformers
+
+    with ParametersOnMeta():
+        if "_class_name" in config:
+            model = getattr(diffusers, config["_class_name"]).from_config(config)
+        else:
+            cls = getattr(transformers, config["architectures"][0])
+            model = cls(cls.config_class(**config))
+    assert all(p.is_meta for p in model.parameters())
+    tensors = model.state_dict().values() if buffers else model.parameters()
+    return sum(t.numel() for t in tensors)
+
+
+def test_later_policies_build_their_published_network_sizes() -> None:
+    """SD3.5 Medium and Wan2.1 14B from their shipped configs, against the published sizes:
+    SD3.5 Medium's MMDiT-X "2.5 B" (its file also stores the 384 x 384 position table, 226 M,
+    which the published figure counts), Wan2.1-T2V-14B "14 B" (14.29 B counted), UMT5-XXL's
+    encoder 5.7 B; Wan2.1-I2V-14B-480P adds the image branch (CLIP features, image keys and
+    values in every block, 36 input channels) to the same 40 blocks."""
+    specs = benchmark_specs(get_registry())
+    sd3 = specs["sd3"].full_configs()
+    assert _meta_count(sd3["transformer"], buffers=True) == pytest.approx(2.5e9, rel=0.015)
+    assert _meta_count(sd3["text_encoder_3"]) == pytest.approx(4.76e9, rel=2e-3)  # T5-XXL
+    t2v, i2v = specs["wan-t2v"].full_configs(), specs["wan-i2v"].full_configs()
+    assert _meta_count(t2v["transformer"]) == pytest.approx(14.0e9, rel=0.025)
+    assert _meta_count(t2v["text_encoder"]) == pytest.approx(5.7e9, rel=5e-3)
+    assert _meta_count(i2v["transformer"]) > _meta_count(t2v["transformer"]) + 2e9
+    assert i2v["image_encoder"]["hidden_size"] == 1280
+    assert i2v["text_encoder"] == t2v["text_encoder"]
+    for name in ("sd3", "wan-t2v", "wan-i2v"):
+        assert set(specs[name].config_sources) == set(specs[name].configs)
+    processor = specs["wan-i2v"].full_files["image_processor/preprocessor_config.json"]
+    assert json.loads(processor.read_text())["crop_size"] == {"height": 224, "width": 224}
+
+
+def test_full_size_layouts_of_the_later_policies(tmp_path: Path) -> None:
+    """The suite's full-size folders of sd3, wan-t2v and wan-i2v: the tiny builder's layout with
+    every shipped config in its folder (a folder the layout lacks would be an error), weights
+    replaced by the marker, and Wan I2V's 224-pixel image processor copied over the tiny one."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, CLIPImageProcessor
+
+    sys.path.insert(0, str(SUITE.parent))
+    try:
+        from gpu_suite_measure import write_model
+    finally:
+        sys.path.remove(str(SUITE.parent))
+    specs = benchmark_specs(get_registry())
+    ctx = SimpleNamespace(root=tmp_path, tiny=False)
+    for name in ("sd3", "wan-t2v", "wan-i2v"):
+        spec = specs[name]
+        folder = write_model(spec, ctx)
+        for network, config in spec.full_configs().items():
+            written = json.loads((folder / network / "config.json").read_text())
+            assert {k: written[k] for k in config} == config, (name, network)
+            assert (folder / network / MARKER).is_file()
+            if "_class_name" not in written:  # a transformers config: it parses as its class
+                assert (
+                    AutoConfig.from_pretrained(folder / network).model_type == config["model_type"]
+                )
+    processor = CLIPImageProcessor.from_pretrained(tmp_path / "wan-i2v-model" / "image_processor")
+    assert processor.crop_size == {"height": 224, "width": 224}
+
+
 def test_random_weights_load_through_the_policy(tmp_path: Path) -> None:
     """A random-weights folder loads through the policy's own from_pretrained calls: configs as
     written, new random weights materialised on the device, buffers intact."""
@@ -173,7 +242,7 @@ def test_two_specs_for_one_policy_are_an_error() -> None:
 
 def test_full_size_reward_files_load_through_the_rewards(tmp_path: Path) -> None:
     """The full-size reward path (random weights of an architecture written where the reward's
-    loader reads them; VideoAlign's base loaded through random_weights), with small
+    loader reads them; VideoAlign's base and PickScore loaded through random_weights), with small
     architectures swapped in so that it runs on a CPU."""
     sys.path.insert(0, str(SUITE.parent))
     try:
@@ -189,10 +258,20 @@ def test_full_size_reward_files_load_through_the_rewards(tmp_path: Path) -> None
     files.hps_model = files.clip_score_model = TINY_H14
     files.clip_score_pretrained = ""
     files.videoalign_base_sizes = sizes
-    entries = files.prepare([{"name": "hps"}, {"name": "clip-score"}, {"name": "videoalign"}])
+    pick_sizes = tmp_path / "pickscore-sizes.json"
+    pick_sizes.write_text(
+        json.dumps({"_source": "a test", "text_config": {"num_hidden_layers": 3}})
+    )
+    files.pickscore_sizes, files.pickscore_pixels = pick_sizes, 28  # the tiny CLIP's 28 px
+    names = ("hps", "clip-score", "videoalign", "pickscore")
+    entries = files.prepare([{"name": name} for name in names])
     base = tmp_path / "videoalign" / "base"
     assert json.loads((base / "config.json").read_text())["num_hidden_layers"] == 3
     assert (base / MARKER).is_file()
+    pickscore = Path(entries[3]["model"])
+    text_config = json.loads((pickscore / "config.json").read_text())["text_config"]
+    assert text_config["num_hidden_layers"] == 3 and text_config["hidden_size"] == 32
+    assert (pickscore / MARKER).is_file()
     registry, runtime = get_registry(), dance.Runtime.auto("cpu")
     prompts = [dance.Prompt("a red circle")]
     video = torch.rand(1, 3, 9, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -34,8 +34,10 @@ def test_bundled_recipe_resolves(registry, name):
         ("hunyuan-video", "hunyuan-video", [("videoalign", "vq", 1.0)]),
         ("skyreels-i2v", "skyreels-i2v", [("videoalign", "mq", 1.0)]),
         ("sd3-pickscore", "sd3", [("pickscore", "", 1.0)]),
+        ("qwen-image", "qwen-image", [("hps", "", 1.0)]),
         ("wan-t2v", "wan-t2v", [("clip-score", "", 1.0), ("pickscore", "", 0.5)]),
         ("wan-i2v", "wan-i2v", [("pickscore", "", 1.0)]),
+        ("flux-kontext", "flux-kontext", [("pickscore", "", 1.0)]),
         ("demo", "flux", None),
     ],
 )

@@ -1,16 +1,18 @@
-"""Entry point of the FLUX plugin: registers the ``flux`` policy with dance."""
+"""Entry point of the FLUX plugin: registers the ``flux`` and ``flux-kontext`` policies."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import dance
+from dance_flux.kontext import FluxKontextPolicy
 from dance_flux.policy import FluxPolicy
 
 
 @dance.hookimpl
 def register_policies(register: Callable[[type], None]) -> None:
     register(FluxPolicy)
+    register(FluxKontextPolicy)
 
 
 @dance.hookimpl

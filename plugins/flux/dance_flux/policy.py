@@ -150,18 +150,27 @@ class FluxPolicy(DiffusersPolicy):
         guidance = None
         if self.guidance_embeds:
             guidance = embedded_guidance(self.config.guidance, batch, device)
+        hidden_states, img_ids = self._transformer_tokens(latents.to(device, dtype), cond)
         with self.trained.autocast_context():
             out = model(
-                hidden_states=latents.to(device, dtype),
+                hidden_states=hidden_states,
                 encoder_hidden_states=prompt_embeds,
                 pooled_projections=cond["pooled_prompt_embeds"].to(device, dtype),
                 timestep=timesteps.to(device, torch.float32).expand(batch),
-                img_ids=self._image_ids(tokens),
+                img_ids=img_ids,
                 txt_ids=self._text_ids(prompt_embeds.shape[1]),
                 guidance=guidance,
                 return_dict=False,
             )[0]
-        return out.float()
+        # Only the noisy tokens' output is the velocity (conditioning tokens follow them).
+        return out[:, :tokens].float()
+
+    def _transformer_tokens(
+        self, latents: torch.Tensor, cond: Conditioning
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformer's image tokens [B, S', C] and their position ids [S', 3]: the noisy
+        latents alone here; FLUX.1 Kontext appends its source image's tokens."""
+        return latents, self._image_ids(latents.shape[1])
 
     def _image_ids(self, tokens: int) -> torch.Tensor:
         rows, cols = self.latent_height // 2, self.latent_width // 2

@@ -7,7 +7,12 @@ is written with ``FluxPipeline.save_pretrained`` so that loading it exercises th
 built-in word list (BPE merges and Unigram scores learned from it) by
 :mod:`dance.testing.tiny_tokenizers`.
 
-    python -m dance_flux.tiny OUT_DIR
+    python -m dance_flux.tiny OUT_DIR             # FLUX.1 (FluxPipeline)
+    python -m dance_flux.tiny OUT_DIR --kontext   # FLUX.1 Kontext (FluxKontextPipeline)
+
+A Kontext checkpoint has the same folders and component classes; its model_index.json names
+FluxKontextPipeline, and its scheduler shifts sigmas by the token count (use_dynamic_shifting, as
+black-forest-labs/FLUX.1-Kontext-dev's scheduler config does).
 """
 
 from __future__ import annotations
@@ -66,15 +71,17 @@ def tiny_flux_transformer(
     )
 
 
-def build_tiny_flux(path: str | Path, seed: int = 0, **transformer: Any) -> Path:
+def build_tiny_flux(
+    path: str | Path, seed: int = 0, kontext: bool = False, **transformer: Any
+) -> Path:
     """Write a tiny random FLUX checkpoint to ``path`` (diffusers layout, safetensors).
 
     ``transformer`` holds options of :func:`tiny_flux_transformer` (``width`` is its hidden
     size, heads x head dim). The VAE has two blocks, so its scale factor is 2 and a 32x32 image
     has a 16x16 latent (64 packed tokens). The result depends only on ``seed``; the global RNG is
-    left untouched.
+    left untouched. ``kontext`` writes it as a FluxKontextPipeline (FLUX.1 Kontext's layout).
     """
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxPipeline
 
     # FluxPipeline's components by name.
     parts: dict[str, Any] = {"tokenizer": clip_tokenizer(), "tokenizer_2": t5_tokenizer()}
@@ -91,8 +98,9 @@ def build_tiny_flux(path: str | Path, seed: int = 0, **transformer: Any) -> Path
             quant_convs=False,
         )
         parts["transformer"] = tiny_flux_transformer(**transformer)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
-    pipe = FluxPipeline(scheduler=scheduler, **parts)
+    # FLUX.1-Kontext-dev's scheduler shifts by resolution; the tiny FLUX one by a fixed 3.
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=kontext)
+    pipe = (FluxKontextPipeline if kontext else FluxPipeline)(scheduler=scheduler, **parts)
     return save_pipeline(pipe, path)
 
 
@@ -100,11 +108,17 @@ FLAGS = {
     "--num-layers": {"type": int, "default": 1},
     "--num-single-layers": {"type": int, "default": 1},
     "--width": {"type": int, "default": 32},
+    "--kontext": {"action": "store_true", "help": "write FLUX.1 Kontext (FluxKontextPipeline)"},
 }
 
 
 def main(argv: list[str] | None = None) -> None:
-    tiny_checkpoint_main("FLUX", build_tiny_flux, argv, **FLAGS)
+    tiny_checkpoint_main(
+        lambda options: "FLUX.1 Kontext" if options["kontext"] else "FLUX",
+        build_tiny_flux,
+        argv,
+        **FLAGS,
+    )
 
 
 if __name__ == "__main__":

@@ -19,9 +19,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 
-GIB = 2**30
+from dance.memory_estimate import GIB, count_parameters, saved_activation_bytes
 
 # stable-diffusion-v1-5: unet/config.json, vae/config.json, text_encoder/config.json
 UNET = {
@@ -56,25 +55,6 @@ TEXT = {
 }
 
 
-class FusedAttentionStandIn(torch.autograd.Function):
-    """Saves what a fused attention kernel keeps for its backward pass."""
-
-    @staticmethod
-    def forward(ctx, q, k, v):  # noqa: ANN001, ANN205
-        out = torch.empty_like(q)
-        lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        raise NotImplementedError("shapes only")
-
-
-def count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def main() -> None:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from peft import LoraConfig
@@ -90,7 +70,10 @@ def main() -> None:
         unet = UNet2DConditionModel(**UNET)
         vae = AutoencoderKL(**VAE)
         text = CLIPTextModel(CLIPTextConfig(**TEXT))
-    print(f"parameters: unet {count(unet):,}  vae {count(vae):,}  text encoder {count(text):,}")
+    print(
+        f"parameters: unet {count_parameters(unet):,}  vae {count_parameters(vae):,}"
+        f"  text encoder {count_parameters(text):,}"
+    )
 
     unet.requires_grad_(args.finetune == "full")
     if args.finetune == "lora":
@@ -101,28 +84,16 @@ def main() -> None:
     unet.to(torch.bfloat16).train()  # bf16 stands in for bf16 autocast
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+    trainable = count_parameters(unet, trainable_only=True)
     print(f"trainable parameters: {trainable:,}")
-
-    F.scaled_dot_product_attention = lambda q, k, v, *a, **kw: FusedAttentionStandIn.apply(q, k, v)
-    saved: dict[int, torch.Tensor] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        saved[id(tensor)] = tensor
-        return tensor
 
     batch = 2  # one guided sample: [unconditional, conditional]
     latents = torch.empty(batch, 4, 64, 64, device="meta", dtype=torch.bfloat16)
     embeds = torch.empty(batch, 77, 768, device="meta", dtype=torch.bfloat16)
     timesteps = torch.full((batch,), 500, device="meta")
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        unet(latents, timesteps, encoder_hidden_states=embeds)
-    params = {id(p) for p in unet.parameters()}
-
-    def is_weight(t: torch.Tensor) -> bool:
-        return id(t) in params or (t._base is not None and id(t._base) in params)
-
-    activations = sum(t.numel() * t.element_size() for t in saved.values() if not is_weight(t))
+    activations = saved_activation_bytes(
+        unet, lambda: unet(latents, timesteps, encoder_hidden_states=embeds)
+    )
     print(f"activations saved for backward per guided sample: {activations / GIB:.2f} GiB")
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from dance.config import option
 from dance.diffusers_policy import DiffusersPolicy, DiffusersPolicyConfig, override
+from dance.diffusers_policy.config import JOINT_ATTENTION_LORA_TARGETS
 from dance.diffusers_policy.guidance import guided_forward
 from dance.diffusers_policy.policy import vae_scale_factor, warn_truncated
 from dance.finetune import TrainedNetwork
@@ -43,16 +44,7 @@ class SD3Config(DiffusersPolicyConfig):
     lora_alpha: float = override("lora_alpha", 64.0, " Flow-GRPO: 64.")
     lora_targets: list[str] = override(
         "lora_targets",
-        [
-            "attn.to_q",
-            "attn.to_k",
-            "attn.to_v",
-            "attn.to_out.0",
-            "attn.add_q_proj",
-            "attn.add_k_proj",
-            "attn.add_v_proj",
-            "attn.to_add_out",
-        ],
+        list(JOINT_ATTENTION_LORA_TARGETS),
         " Here the joint attention's image and text projections, as Flow-GRPO (not SD3.5's second"
         " image-only attention, attn2).",
     )
@@ -137,9 +129,7 @@ class SD3Policy(DiffusersPolicy):
             for name, module in network.named_modules()
             if isinstance(module, self.block_classes) and module.context_pre_only
         ]
-        # Only those LoRA would otherwise wrap (peft matches a target as a name suffix).
-        targets = self.config.lora_targets
-        return [n for n in dead if any(n == t or n.endswith(f".{t}") for t in targets)]
+        return self.lora_targeted(dead)
 
     # --- Policy interface ----------------------------------------------------------------------
 

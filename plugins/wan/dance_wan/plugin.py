@@ -13,3 +13,12 @@ from dance_wan.t2v import WanT2VPolicy
 def register_policies(register: Callable[[type], None]) -> None:
     register(WanT2VPolicy)
     register(WanI2VPolicy)
+
+
+@dance.hookimpl
+def register_benchmark_specs(register: Callable[[object], None]) -> None:
+    # Imported here: only the GPU suite (benchmarks/gpu_suite.py) asks for it.
+    from dance_wan import bench_spec
+
+    register(bench_spec.wan_t2v_spec())
+    register(bench_spec.wan_i2v_spec())

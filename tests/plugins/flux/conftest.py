@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from kontext_helpers import source_image
 
 from dance.config import build
 from dance.interfaces import Runtime
@@ -58,3 +59,65 @@ def perturb() -> Callable[..., None]:
                 param.add_(torch.randn(param.shape, generator=gen).to(param.dtype) * std)
 
     return apply
+
+
+# --- FLUX.1 Kontext ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_kontext(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random FLUX.1 Kontext checkpoint (FluxKontextPipeline's layout), built once."""
+    from dance_flux.tiny import build_tiny_flux
+
+    path = tmp_path_factory.mktemp("kontext") / "tiny-kontext"
+    build_tiny_flux(path, seed=0, kontext=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def edit_prompt_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A JSONL file of editing prompts with their source images (PNG, relative paths)."""
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("edit-prompts")
+    lines = []
+    for i, text in enumerate(["make the sky red", "add a hat", "turn it into a sketch"]):
+        pixels = (source_image(i, 40, 48).permute(1, 2, 0) * 255).round().to(torch.uint8)
+        Image.fromarray(pixels.numpy()).save(folder / f"source{i}.png")
+        lines.append(json.dumps({"prompt": text, "image": f"source{i}.png"}))
+    path = folder / "edits.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def make_kontext(tiny_kontext: Path) -> Callable[..., FluxPolicy]:
+    """Build a flux-kontext policy through the config path, CPU, fp32, source images at 32x32."""
+    from dance_flux.kontext import FluxKontextConfig, FluxKontextPolicy
+
+    def make(**overrides: object) -> FluxPolicy:
+        values = {
+            "model": str(tiny_kontext),
+            "height": SIZE,
+            "width": SIZE,
+            "max_sequence_length": T5_LEN,
+            "lora_rank": RANK,
+            "lora_alpha": ALPHA,
+            "image_size": "source",
+            **overrides,
+        }
+        return FluxKontextPolicy(build(FluxKontextConfig, values, prefix="policy."), Runtime())
+
+    return make
+
+
+@pytest.fixture
+def kontext_pipe(tiny_kontext: Path):
+    """A fresh FluxKontextPipeline from the tiny checkpoint (the reference implementation)."""
+    from diffusers import FluxKontextPipeline
+
+    pipeline = FluxKontextPipeline.from_pretrained(tiny_kontext, local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline

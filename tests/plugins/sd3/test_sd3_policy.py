@@ -10,6 +10,7 @@ import torch
 
 from dance.errors import ConfigError, ModelLayoutError, UsageError
 from dance.interfaces import Prompt
+from dance.testing.pipeline_reference import euler_sample
 
 PROMPTS = ["a red cat on the left", "two blue squares"]
 SIZE, T5_LEN = 32, 16  # the make_policy fixture's image size and T5 length
@@ -27,15 +28,6 @@ def pipeline_embeddings(pipe, texts):
             do_classifier_free_guidance=True,
             max_sequence_length=T5_LEN,
         )
-
-
-def euler_sample(policy, cond, noise, sigmas):
-    """The pipeline's Euler loop over policy.predict: x += (s_{k+1} - s_k) v."""
-    x = noise
-    with torch.no_grad():
-        for k in range(len(sigmas) - 1):
-            x = x + (sigmas[k + 1] - sigmas[k]) * policy.predict(x, sigmas[k : k + 1], cond)
-    return x
 
 
 def test_loads_every_component_frozen(make_policy):
