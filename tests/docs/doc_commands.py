@@ -36,6 +36,7 @@ NO_TEST = re.compile(r"<!--\s*no-test:\s*(.+?)\s*-->")
 # Real model names in the docs -> the tiny policy built in their place.
 TINY_MODELS = {
     "/models/FLUX.1-dev": "flux",
+    "/data/FLUX.1-dev": "flux",
     "black-forest-labs/FLUX.1-dev": "flux",
     "/models/FLUX.1-schnell": "flux",
     "black-forest-labs/FLUX.1-schnell": "flux",
