@@ -65,10 +65,10 @@ def worker(args: argparse.Namespace) -> None:
     peak: dict[str, int] = {"param_bytes": local_bytes(trainer.params), "grad_bytes": 0}
     step = trainer._optimizer_step
 
-    def measured_step() -> float:
+    def measured_step(*args: object) -> float:
         grads = [p.grad for p in trainer.params if p.grad is not None]
         peak["grad_bytes"] = max(peak["grad_bytes"], local_bytes(grads))
-        return step()
+        return step(*args)
 
     trainer._optimizer_step = measured_step  # type: ignore[method-assign]
     times = []

@@ -72,6 +72,9 @@ QUICK_ARGS = {
     "benchmarks/bench_best_of_n.py": ["--repeats", "1", "--group", "4", "--steps", "4"],
     "benchmarks/best_of_n_curve.py": ["--candidates", "2", "--num-steps", "4"],
     "benchmarks/demo_speed.py": ["--iterations", "1"],
+    # tests/benchmarks runs the whole tiny suite; here one policy shows the command works.
+    "benchmarks/gpu_suite.py": ["--policies", "sd", "--repeats", "1"],
+    "benchmarks/bench_distributed.py": ["--repeats", "1"],
     "plugins/flux/scripts/pretrain_shapes.py": [
         "--images", "64", "--vae-steps", "2", "--steps", "2", "--batch", "8", "--eval-seeds", "1",
     ],
@@ -156,6 +159,7 @@ class Prepared:
     argv: list[str]
     needs_open_clip: bool = False  # tiny open_clip architectures must be registered
     site: list[str] = field(default_factory=list)  # extra PYTHONPATH entries
+    env: dict[str, str] = field(default_factory=dict)  # the command's own NAME=value prefix
 
 
 class Tiny:
@@ -327,8 +331,12 @@ def prepare(command: DocCommand, tiny: Tiny, workdir: Path) -> Prepared:
     """The words to run for ``command`` in ``workdir`` (see the module docstring)."""
     words = [_tmp_path(w, tiny) for w in split(command.text)]
     words = [_tiny_model(w, tiny) for w in words]
+    env = {}  # leading NAME=value words, as a shell reads them
+    while len(words) > 1 and re.match(r"[A-Za-z_]\w*=", words[0]):
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
     program = words[0]
-    prepared = Prepared(words)
+    prepared = Prepared(words, env=env)
     if program in ("python", "python3"):
         words[0] = sys.executable
         if len(words) > 1 and words[1] == "-m" and words[2:3] == ["pytest"]:

@@ -49,6 +49,7 @@ def _run(command: DocCommand, tiny: Tiny, workdir: Path, site: list[str]) -> Non
         TRANSFORMERS_OFFLINE="1",
         PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]),
     )
+    env.update(prepared.env)
     start = time.perf_counter()
     try:
         result = subprocess.run(
