@@ -218,6 +218,17 @@ class DiffusersPolicy(FinetunedPolicy):
             for k, t in zip(keys, like, strict=True)
         ]
 
+    def set_video_latent_shape(self, channels: int, temporal: int, spatial: int) -> None:
+        """``latent_frames``, ``latent_height``, ``latent_width`` and ``latent_shape``
+        ``[C, F, h, w]`` of the configured video size, for a VAE that compresses time by
+        ``temporal`` (its first frame alone: 4k+1 frames give k+1 latent frames) and space by
+        ``spatial``."""
+        cfg = self.config
+        self.latent_frames = (cfg.num_frames - 1) // temporal + 1
+        self.latent_height = cfg.height // spatial
+        self.latent_width = cfg.width // spatial
+        self.latent_shape = (channels, self.latent_frames, self.latent_height, self.latent_width)
+
     def check_latents(self, latents: torch.Tensor) -> None:
         """ValueError unless ``latents`` are [B, *latent_shape] (the configured size's)."""
         if tuple(latents.shape[1:]) != self.latent_shape:

@@ -207,7 +207,6 @@ class HunyuanFamilyPolicy(DiffusersPolicy):
 
     def _set_latent_geometry(self) -> None:
         """Latent shape as the pipeline's prepare_latents computes it."""
-        cfg = self.config
         spatial = self.vae.spatial_compression_ratio
         temporal = self.vae.temporal_compression_ratio
         patch = self.transformer.config.patch_size
@@ -219,15 +218,7 @@ class HunyuanFamilyPolicy(DiffusersPolicy):
                 f" channels but the VAE in {self.path / 'vae'} has"
                 f" {self.vae.config.latent_channels} latent channels"
             )
-        self.latent_frames = (cfg.num_frames - 1) // temporal + 1
-        self.latent_height = cfg.height // spatial
-        self.latent_width = cfg.width // spatial
-        self.latent_shape = (
-            self.latent_channels,
-            self.latent_frames,
-            self.latent_height,
-            self.latent_width,
-        )
+        self.set_video_latent_shape(self.latent_channels, temporal, spatial)
 
     # --- prompt encoding -----------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from dance.config import option
 from dance.diffusers_policy import EmbeddingCache, override
-from dance.errors import UsageError
 from dance.interfaces import Conditioning, Prompt, Runtime
 from dance_hunyuan_video.base import HunyuanCommonConfig, HunyuanFamilyPolicy
 
@@ -91,19 +90,6 @@ class SkyReelsI2VPolicy(HunyuanFamilyPolicy):
             )
 
     # --- encoding ------------------------------------------------------------------------------
-
-    def _check_prompts(self, prompts: Sequence[Prompt]) -> None:
-        for p in prompts:
-            if p.image is None:
-                raise UsageError(
-                    f"policy 'skyreels-i2v' is image-to-video: prompt {p.text!r} has no image;"
-                    ' use a JSONL prompt file with {"prompt": "...", "image": "path"} per line'
-                )
-            if p.image.ndim != 3 or p.image.shape[0] not in (1, 3):
-                raise UsageError(
-                    f"the image of prompt {p.text!r} has shape {tuple(p.image.shape)}; expected"
-                    " [3, H, W] (or [1, H, W]) pixels in [0, 1]"
-                )
 
     def _encode_extra(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
         """``image_latents [B, C, 1, h, w]``: the first latent frame (the zero padding over the

@@ -194,7 +194,7 @@ class WanFamilyPolicy(DiffusersPolicy):
 
     def _set_latent_geometry(self) -> None:
         """Latent shape as the pipeline's prepare_latents computes it."""
-        cfg, vae = self.config, self.vae
+        vae = self.vae
         spatial = vae.config.scale_factor_spatial
         temporal = vae.config.scale_factor_temporal
         self.patch_size = tuple(self._experts[0].config.patch_size)  # (t, h, w)
@@ -209,15 +209,7 @@ class WanFamilyPolicy(DiffusersPolicy):
                     f" but the VAE has {self.latent_channels} latent channels"
                 )
         self.temporal_factor = temporal
-        self.latent_frames = (cfg.num_frames - 1) // temporal + 1
-        self.latent_height = cfg.height // spatial
-        self.latent_width = cfg.width // spatial
-        self.latent_shape = (
-            self.latent_channels,
-            self.latent_frames,
-            self.latent_height,
-            self.latent_width,
-        )
+        self.set_video_latent_shape(self.latent_channels, temporal, spatial)
         stats = (vae.config.latents_mean, vae.config.latents_std)
         # [1, z, 1, 1, 1] each, fp32: latents = (vae latents - mean) / std.
         self.latents_mean, self.latents_std = (

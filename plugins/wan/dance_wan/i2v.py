@@ -27,7 +27,7 @@ import torch
 
 from dance.config import option
 from dance.diffusers_policy import EmbeddingCache
-from dance.errors import ModelLayoutError, UsageError
+from dance.errors import ModelLayoutError
 from dance.interfaces import Conditioning, Prompt, Runtime
 from dance_wan.base import WanCommonConfig, WanFamilyPolicy
 from dance_wan.images import fit_image, image_key, to_pil
@@ -93,19 +93,6 @@ class WanI2VPolicy(WanFamilyPolicy):
             self.image_encoder = self.load_frozen(CLIPVisionModel, "image_encoder")
 
     # --- encoding ------------------------------------------------------------------------------
-
-    def _check_prompts(self, prompts: Sequence[Prompt]) -> None:
-        for p in prompts:
-            if p.image is None:
-                raise UsageError(
-                    f"policy 'wan-i2v' is image-to-video: prompt {p.text!r} has no image;"
-                    ' use a JSONL prompt file with {"prompt": "...", "image": "path"} per line'
-                )
-            if p.image.ndim != 3 or p.image.shape[0] not in (1, 3):
-                raise UsageError(
-                    f"the image of prompt {p.text!r} has shape {tuple(p.image.shape)}; expected"
-                    " [3, H, W] (or [1, H, W]) pixels in [0, 1]"
-                )
 
     def _encode_extra(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
         """``condition_latents [B, z, F or 1, h, w]`` and, with a CLIP image encoder,
