@@ -9,7 +9,7 @@ guidance in its forms, FLUX-style latent packing, the VAE output stage and the t
 """
 
 from dance.diffusers_policy.cache import EmbeddingCache, image_key
-from dance.diffusers_policy.config import DiffusersPolicyConfig, override
+from dance.diffusers_policy.config import DiffusersPolicyConfig, check_video_frames, override
 from dance.diffusers_policy.guidance import cfg_combine, embedded_guidance, guided_forward
 from dance.diffusers_policy.packing import latent_image_ids, pack_latents, unpack_latents
 from dance.diffusers_policy.policy import DiffusersPolicy, vae_scale_factor, warn_truncated
@@ -19,6 +19,7 @@ __all__ = [
     "DiffusersPolicyConfig",
     "EmbeddingCache",
     "cfg_combine",
+    "check_video_frames",
     "embedded_guidance",
     "guided_forward",
     "image_key",

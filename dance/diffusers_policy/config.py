@@ -103,3 +103,13 @@ def override(name: str, default: Any, note: str = "", base: type = DiffusersPoli
         meta.pop("help") + note,
         **{k: v for k, v in meta.items() if v is not None},
     )
+
+
+def check_video_frames(frames: int) -> None:
+    """ConfigError unless ``policy.num_frames`` is 4k+1: video VAEs (HunyuanVideo, Wan) keep the
+    first frame and compress the others 4x in time."""
+    if (frames - 1) % 4:
+        raise ConfigError(
+            f"policy.num_frames must be 4k+1 (the VAE keeps the first frame and compresses"
+            f" the rest 4x), got {frames}; nearest: {frames - (frames - 1) % 4}"
+        )

@@ -22,6 +22,7 @@ from dance.config import option
 from dance.diffusers_policy import (
     DiffusersPolicy,
     DiffusersPolicyConfig,
+    check_video_frames,
     embedded_guidance,
     guided_forward,
     override,
@@ -105,12 +106,7 @@ class HunyuanCommonConfig(DiffusersPolicyConfig):
 
     def check(self) -> None:
         super().check()
-        frames = self.num_frames
-        if (frames - 1) % 4:
-            raise ConfigError(
-                f"policy.num_frames must be 4k+1 (the VAE keeps the first frame and compresses"
-                f" the rest 4x), got {frames}; nearest: {frames - (frames - 1) % 4}"
-            )
+        check_video_frames(self.num_frames)
         if self.prompt_template.count("{}") != 1:
             raise ConfigError("policy.prompt_template must contain '{}' (the prompt) exactly once")
 

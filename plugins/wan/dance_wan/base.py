@@ -29,8 +29,14 @@ from typing import Any, ClassVar
 import torch
 
 from dance.config import option
-from dance.diffusers_policy import DiffusersPolicy, DiffusersPolicyConfig, guided_forward, override
-from dance.errors import ConfigError, ModelLayoutError
+from dance.diffusers_policy import (
+    DiffusersPolicy,
+    DiffusersPolicyConfig,
+    check_video_frames,
+    guided_forward,
+    override,
+)
+from dance.errors import ModelLayoutError
 from dance.finetune import TrainedNetwork, TrainedWeights, weights_dtype
 from dance.interfaces import Conditioning, Prompt, imported_classes
 from dance.model_layout import DiffusersLayout, load_pretrained
@@ -103,12 +109,7 @@ class WanCommonConfig(DiffusersPolicyConfig):
 
     def check(self) -> None:
         super().check()
-        frames = self.num_frames
-        if (frames - 1) % 4:
-            raise ConfigError(
-                f"policy.num_frames must be 4k+1 (the VAE keeps the first frame and compresses"
-                f" the rest 4x), got {frames}; nearest: {frames - (frames - 1) % 4}"
-            )
+        check_video_frames(self.num_frames)
 
 
 class WanFamilyPolicy(DiffusersPolicy):
