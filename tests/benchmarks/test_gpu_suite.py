@@ -20,7 +20,17 @@ from dance.random_weights import MARKER, ParametersOnMeta, random_weights, write
 from dance.registry import get_registry, load_registry
 
 SUITE = Path(__file__).parents[2] / "benchmarks" / "gpu_suite.py"
-POLICIES = ("flux", "hunyuan-video", "sd", "sd3", "skyreels-i2v", "wan-i2v", "wan-t2v")
+POLICIES = (
+    "flux",
+    "flux-kontext",
+    "hunyuan-video",
+    "qwen-image",
+    "sd",
+    "sd3",
+    "skyreels-i2v",
+    "wan-i2v",
+    "wan-t2v",
+)
 UNITS = (
     "encode_s_per_prompt",
     "rollout_s_per_sample_step",
@@ -156,10 +166,48 @@ def test_later_policies_build_their_published_network_sizes() -> None:
     assert json.loads(processor.read_text())["crop_size"] == {"height": 224, "width": 224}
 
 
+def test_kontext_and_qwen_image_build_their_published_network_sizes() -> None:
+    """FLUX.1 Kontext [dev] reuses FLUX.1-dev's files (the same networks, 11.9 B); Qwen-Image's
+    shipped configs are QwenImageTransformer2DModel's and AutoencoderKLQwenImage's defaults in
+    diffusers (Qwen-Image's published files) and build the published sizes: the transformer
+    "20 B" (20.43 B counted), Qwen2.5-VL-7B "8.29 B" (the text model and the vision tower), the
+    VAE 126.9 M; the text encoder has the sizes activation_memory.py builds."""
+    import inspect
+
+    import diffusers
+
+    specs = benchmark_specs(get_registry())
+    kontext, flux = specs["flux-kontext"], specs["flux"]
+    assert kontext.full_configs() == flux.full_configs() and kontext.needs_image
+    assert set(kontext.config_sources) == set(kontext.configs)
+    qwen = specs["qwen-image"].full_configs()
+    assert set(specs["qwen-image"].config_sources) == set(specs["qwen-image"].configs)
+    for network in ("transformer", "vae"):
+        config = qwen[network]
+        parameters = inspect.signature(getattr(diffusers, config["_class_name"])).parameters
+        for key, value in config.items():
+            if not key.startswith("_"):
+                default = parameters[key].default
+                assert value == (list(default) if isinstance(default, tuple) else default), key
+    assert _meta_count(qwen["transformer"]) == pytest.approx(20.43e9, rel=1e-3)
+    assert _meta_count(qwen["text_encoder"]) == pytest.approx(8.29e9, rel=1e-3)
+    assert _meta_count(qwen["vae"]) == pytest.approx(126.9e6, rel=1e-3)
+    script = Path(__file__).parents[2] / "plugins/qwen-image/scripts/activation_memory.py"
+    module_spec = importlib.util.spec_from_file_location("qwen_activation_memory", script)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    encoder = qwen["text_encoder"]
+    for part, sizes in module.QWEN25_VL_7B.items():
+        # tie_word_embeddings sits at the top of the published file, not in text_config.
+        shipped = {k: encoder[part].get(k, encoder.get(k)) for k in sizes}
+        assert shipped == sizes, part
+
+
 def test_full_size_layouts_of_the_later_policies(tmp_path: Path) -> None:
-    """The suite's full-size folders of sd3, wan-t2v and wan-i2v: the tiny builder's layout with
-    every shipped config in its folder (a folder the layout lacks would be an error), weights
-    replaced by the marker, and Wan I2V's 224-pixel image processor copied over the tiny one."""
+    """The suite's full-size folders of sd3, wan-t2v, wan-i2v, flux-kontext and qwen-image: the
+    tiny builder's layout with every shipped config in its folder (a folder the layout lacks
+    would be an error), weights replaced by the marker, and Wan I2V's 224-pixel image processor
+    copied over the tiny one."""
     from types import SimpleNamespace
 
     from transformers import AutoConfig, CLIPImageProcessor
@@ -171,7 +219,7 @@ def test_full_size_layouts_of_the_later_policies(tmp_path: Path) -> None:
         sys.path.remove(str(SUITE.parent))
     specs = benchmark_specs(get_registry())
     ctx = SimpleNamespace(root=tmp_path, tiny=False)
-    for name in ("sd3", "wan-t2v", "wan-i2v"):
+    for name in ("sd3", "wan-t2v", "wan-i2v", "flux-kontext", "qwen-image"):
         spec = specs[name]
         folder = write_model(spec, ctx)
         for network, config in spec.full_configs().items():

@@ -18,6 +18,7 @@ def register_policies(register: Callable[[type], None]) -> None:
 @dance.hookimpl
 def register_benchmark_specs(register: Callable[[object], None]) -> None:
     # Imported here: only the GPU suite (benchmarks/gpu_suite.py) asks for it.
-    from dance_flux.bench_spec import benchmark_spec
+    from dance_flux.bench_spec import benchmark_spec, kontext_benchmark_spec
 
     register(benchmark_spec())
+    register(kontext_benchmark_spec())

@@ -11,3 +11,11 @@ from dance_qwen_image.policy import QwenImagePolicy
 @dance.hookimpl
 def register_policies(register: Callable[[type], None]) -> None:
     register(QwenImagePolicy)
+
+
+@dance.hookimpl
+def register_benchmark_specs(register: Callable[[object], None]) -> None:
+    # Imported here: only the GPU suite (benchmarks/gpu_suite.py) asks for it.
+    from dance_qwen_image.bench_spec import benchmark_spec
+
+    register(benchmark_spec())
