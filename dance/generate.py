@@ -57,10 +57,16 @@ def denoise(
     per_sample = generator is not None and not isinstance(generator, torch.Generator)
     if per_sample and len(generator) != b:  # type: ignore[arg-type]
         raise ValueError(f"{len(generator)} generators for {b} samples")  # type: ignore[arg-type]
+    # Rows can repeat (a group's shared noise and prompt) only up to the first step that draws
+    # noise; deduplicating costs a host sync per step, so it stops there (known up front).
+    noisy = sampler.noisy_steps(schedule).cpu()  # [N] bool
+    stochastic = sampler.stochastic and not deterministic and bool(noisy.any())
+    last_dedup = int(noisy.nonzero()[0]) if stochastic else -1
     for k in range(schedule.num_steps):
         t = schedule.timesteps[k].expand(b)  # [b]
         k_idx = torch.full((b,), k, dtype=torch.long, device=x.device)
-        v = predict_distinct(policy, x, t, cond)  # [b, *L]
+        predict = predict_distinct if k <= last_dedup else _predict
+        v = predict(policy, x, t, cond)  # [b, *L]
         if batch_noise is not None and sampler.stochastic and not deterministic:
             every = x.new_empty((batch_noise.total, *x.shape[1:]))  # [total, *L]
             z = draw_noise(every, shared_gen)[batch_noise.local_rows().to(x.device)]  # [b, *L]
@@ -128,6 +134,10 @@ class BatchNoise:
 
     def local_rows(self) -> torch.Tensor:
         return self.rows.clamp(max=self.total - 1)
+
+
+def _predict(policy: Policy, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    return policy.predict(x, t, cond)
 
 
 def predict_distinct(
