@@ -32,10 +32,10 @@ import torch
 def worker(args: argparse.Namespace) -> None:
     import dance
     import dance.distributed as dist
-    from dance.grpo import GRPOTrainer
     from dance.recipe import resolve
     from dance.registry import get_registry
     from dance.sharding import local_bytes
+    from dance.training.trainer import Trainer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     dist.init_from_env()
@@ -61,7 +61,7 @@ def worker(args: argparse.Namespace) -> None:
         },
     }
     runtime = dance.Runtime.auto()
-    trainer = GRPOTrainer(resolve(raw, get_registry()), args.run_dir, runtime, get_registry())
+    trainer = Trainer(resolve(raw, get_registry()), args.run_dir, runtime, get_registry())
     peak: dict[str, int] = {"param_bytes": local_bytes(trainer.params), "grad_bytes": 0}
     step = trainer._optimizer_step
 

@@ -26,9 +26,9 @@ import torch
 
 def build_trainer(model: Path, args: argparse.Namespace, out: Path, **trainer):
     import dance
-    from dance.grpo import GRPOTrainer
     from dance.recipe import resolve
     from dance.registry import get_registry
+    from dance.training.trainer import Trainer
 
     raw = {
         "policy": {
@@ -51,7 +51,7 @@ def build_trainer(model: Path, args: argparse.Namespace, out: Path, **trainer):
         },
     }
     runtime = dance.Runtime.auto(args.device)
-    return GRPOTrainer(resolve(raw, get_registry()), out, runtime, get_registry())
+    return Trainer(resolve(raw, get_registry()), out, runtime, get_registry())
 
 
 def sync(device: torch.device) -> None:

@@ -20,16 +20,16 @@ from pathlib import Path
 
 
 def build_demo_trainer(out: Path):
-    from dance.grpo import GRPOTrainer
     from dance.interfaces import Runtime
     from dance.recipe import read_recipe, resolve
     from dance.registry import get_registry
+    from dance.training.trainer import Trainer
 
     raw = read_recipe("demo")
     raw["evaluation"] = {}  # iterations only
     raw.setdefault("trainer", {})["sample_every"] = 0
     registry = get_registry()
-    return GRPOTrainer(resolve(raw, registry), out, Runtime.auto("cpu"), registry)
+    return Trainer(resolve(raw, registry), out, Runtime.auto("cpu"), registry)
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 # The demo recipe before issue 12, as overrides of today's recipe.
-OLD_OVERRIDES = ["trainer.iterations=150", "trainer.old_log_probs=recompute"]
+OLD_OVERRIDES = ["trainer.iterations=150", "objective.old_log_probs=recompute"]
 
 
 def child(side: str, iterations: int | None, out: Path) -> dict[str, Any]:
@@ -39,10 +39,10 @@ def child(side: str, iterations: int | None, out: Path) -> dict[str, Any]:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     import dance.generate
     from dance.cli import _raw_recipe
-    from dance.grpo import GRPOTrainer
     from dance.interfaces import Runtime
     from dance.recipe import resolve
     from dance.registry import get_registry
+    from dance.training.trainer import Trainer
 
     overrides = list(OLD_OVERRIDES) if side == "old" else []
     if side == "old":  # every row computed, as before predict_distinct
@@ -52,7 +52,7 @@ def child(side: str, iterations: int | None, out: Path) -> dict[str, Any]:
     full_iterations = recipe.trainer.iterations
     if iterations is not None:
         recipe.trainer.iterations = iterations
-    trainer = GRPOTrainer(recipe, out, runtime=Runtime(), registry=registry)
+    trainer = Trainer(recipe, out, runtime=Runtime(), registry=registry)
     cpu: dict[str, Any] = {"startup": time.process_time(), "evaluation": [], "iteration": []}
 
     def timed(method, key):  # noqa: ANN001, ANN202

@@ -27,10 +27,10 @@ MODES = ("real", "negated", "random")
 
 
 def run(mode: str, args: argparse.Namespace, out: Path) -> list[float]:
-    from dance.grpo import GRPOTrainer
     from dance.interfaces import Runtime
     from dance.recipe import apply_override, parse_reward_arg, read_recipe, resolve
     from dance.registry import get_registry
+    from dance.training.trainer import Trainer
 
     raw = read_recipe(args.recipe)
     raw["rewards"] = [parse_reward_arg(args.reward)]
@@ -42,12 +42,12 @@ def run(mode: str, args: argparse.Namespace, out: Path) -> list[float]:
         "trainer.prompts_per_iteration=1",
         f"trainer.group_size={args.group}",
         "trainer.share_initial_noise=false",
-        "trainer.kl_coef=0",
+        "objective.kl_coef=0",
         "trainer.sample_every=0",
     ]
     for assignment in defaults + args.overrides:
         apply_override(raw, assignment)
-    trainer = GRPOTrainer(resolve(raw, get_registry()), out / mode, Runtime(), get_registry())
+    trainer = Trainer(resolve(raw, get_registry()), out / mode, Runtime(), get_registry())
     label = next(iter(trainer.weights))
 
     rollout = trainer.rollout

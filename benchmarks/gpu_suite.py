@@ -19,7 +19,7 @@ For each policy, at the published setting:
   backward), and the update's model FLOPs utilisation over the device's peak bf16 FLOP/s
   (looked up by device name, or --peak-tflops); with gradient checkpointing the recomputed
   forward is left out of the model FLOPs (it is in the "hfu" figure);
-* one real GRPOTrainer.iteration at reduced size (one prompt, --check-group samples, at most
+* one real Trainer.iteration at reduced size (one prompt, --check-group samples, at most
   --check-steps trained steps per sample) and whether the per-unit figures predict it within 15%;
   its peak GPU memory (max allocated and reserved);
 * seconds per iteration and samples (images or videos) per GPU-second of the full published

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dance.bench_spec import BenchmarkSpec
-from dance.grpo import GRPOTrainer
+from dance.training.trainer import Trainer
 
 if TYPE_CHECKING:
     from gpu_suite_measure import SuiteContext
@@ -34,7 +34,7 @@ def on_device(modules: list[torch.nn.Module], device: torch.device) -> Iterator[
 
 
 def compare_with_diffusers(
-    spec: BenchmarkSpec, ctx: SuiteContext, trainer: GRPOTrainer
+    spec: BenchmarkSpec, ctx: SuiteContext, trainer: Trainer
 ) -> dict[str, Any]:
     """dance's rollout and decode against the pipeline's own __call__: same network, steps,
     batch and resolution, interleaved; prompt embeddings precomputed for both."""
@@ -87,7 +87,7 @@ def compare_with_diffusers(
     }
 
 
-def compare_estimate_s(ctx: SuiteContext, trainer: GRPOTrainer, units: dict[str, float]) -> float:
+def compare_estimate_s(ctx: SuiteContext, trainer: Trainer, units: dict[str, float]) -> float:
     """Seconds the diffusers comparison takes: both sides, every repeat (and the warm-up)."""
     b = min(trainer.cfg.rollout_batch_size, ctx.check_group)
     per_side = b * (

@@ -23,11 +23,11 @@ from torch.utils.flop_counter import FlopCounterMode
 import dance
 from dance.bench_spec import BenchmarkSpec
 from dance.generate import denoise
-from dance.grpo import GRPOTrainer, Rollout
-from dance.interfaces import Prompt
+from dance.interfaces import Prompt, Rollout
 from dance.layout import SampleLayout
 from dance.random_weights import random_weights, write_random_layout
 from dance.recipe import read_recipe, resolve
+from dance.training.trainer import Trainer
 
 GIB = 2**30
 CHECK_TOLERANCE = 0.15
@@ -141,8 +141,9 @@ def published_setting(spec: BenchmarkSpec, recipe: Any) -> dict[str, Any]:
     """The published per-GPU setting, read from the resolved recipe (spec overrides applied)."""
     p, s, t = recipe.policy_options, recipe.sampler_options, recipe.trainer
     steps = int(s.get("num_steps"))
-    trainable_steps = steps - (0 if t.train_last_step else 1)
-    per_sample = max(1, int(t.timestep_fraction * trainable_steps))
+    o = recipe.objective_options
+    trainable_steps = steps - (0 if o.get("train_last_step") else 1)
+    per_sample = max(1, int(o.get("timestep_fraction", 1.0) * trainable_steps))
     group = t.group_size
     return {
         "height": p.get("height"),
@@ -161,7 +162,7 @@ def published_setting(spec: BenchmarkSpec, recipe: Any) -> dict[str, Any]:
         "rollout_batch_size": t.rollout_batch_size,
         "micro_batch_size": t.micro_batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "old_log_probs": t.old_log_probs,
+        "old_log_probs": recipe.objective_options.get("old_log_probs"),
         "finetune": p.get("finetune", "lora"),
         "lora_rank": p.get("lora_rank") if p.get("finetune", "lora") == "lora" else None,
         "gradient_checkpointing": p.get("gradient_checkpointing"),
@@ -221,14 +222,13 @@ def build_recipes(
         raw["trainer"]["prompts"] = str(write_image_prompts(ctx))
     published = resolve(copy.deepcopy(raw), ctx.registry)
     setting = published_setting(spec, published)
-    trainable = setting["steps"] - (0 if published.trainer.train_last_step else 1)
+    trainable = setting["steps"] - (0 if published.objective_options.get("train_last_step") else 1)
     per_sample = min(setting["trained_steps_per_sample"], ctx.check_steps)
     fraction = 1.0 if per_sample >= trainable else (per_sample + 0.5) / trainable
     check = {
         "prompts_per_iteration": 1,
         "group_size": ctx.check_group,
         "train_per_group": 0,
-        "timestep_fraction": fraction,
         "iterations": 1,
         "sample_every": 0,
         "checkpoint_every": 0,
@@ -237,6 +237,7 @@ def build_recipes(
         "on_reward_failure": "exclude",
     }
     raw["trainer"].update(check)
+    raw.setdefault("objective", {})["timestep_fraction"] = fraction
     return published, resolve(raw, ctx.registry)
 
 
@@ -256,7 +257,7 @@ def unit_prompts(spec: BenchmarkSpec, count: int, tag: str) -> list[Prompt]:
 
 
 @contextlib.contextmanager
-def trainer_settings(trainer: GRPOTrainer, **changes: Any) -> Iterator[None]:
+def trainer_settings(trainer: Trainer, **changes: Any) -> Iterator[None]:
     saved = trainer.cfg
     trainer.cfg = dataclasses.replace(saved, **changes)
     try:
@@ -266,7 +267,19 @@ def trainer_settings(trainer: GRPOTrainer, **changes: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def sample_layout(trainer: GRPOTrainer, layout: SampleLayout) -> Iterator[None]:
+def one_unit_per_sample(trainer: Trainer) -> Iterator[None]:
+    """Train one step of each sample."""
+    objective = trainer.objective
+    real = objective.train_units
+    objective.train_units = lambda rollout: (real(rollout)[0], 1)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        objective.train_units = real  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def sample_layout(trainer: Trainer, layout: SampleLayout) -> Iterator[None]:
     """Train on a batch of another size than the recipe's iteration (one process)."""
     saved = trainer.layout
     trainer.layout = layout
@@ -276,7 +289,7 @@ def sample_layout(trainer: GRPOTrainer, layout: SampleLayout) -> Iterator[None]:
         trainer.layout = saved
 
 
-def measure_units(spec: BenchmarkSpec, ctx: SuiteContext, trainer: GRPOTrainer) -> dict[str, Any]:
+def measure_units(spec: BenchmarkSpec, ctx: SuiteContext, trainer: Trainer) -> dict[str, Any]:
     """Seconds per prompt encoded, per (sample, step) of the rollout, per sample decoded and
     scored, per trained (sample, step) pair; FLOPs of the forward and of the update."""
     policy, dev, cfg = trainer.policy, ctx.device, trainer.cfg
@@ -323,17 +336,20 @@ def measure_units(spec: BenchmarkSpec, ctx: SuiteContext, trainer: GRPOTrainer) 
     m = cfg.micro_batch_size
     traj = noise[:1].unsqueeze(1).expand(m, steps + 1, *noise.shape[1:]).contiguous()
     rollout = Rollout(
+        sampler=trainer.sampler,
+        schedule=trainer.schedule,
+        cond=policy.encode(warm * m),
+        samples=traj[:, -1],
+        reward_latents=traj[:, -1],
         trajectory=traj,  # [m, N + 1, *L]
         log_probs=torch.zeros(m, steps, device=dev),
-        reward_latents=traj[:, -1],
-        cond=policy.encode(warm * m),
     )
     advantages = torch.linspace(-1.0, 1.0, m, device=dev)  # [m], non-zero loss
-    one_step = 0.5 / max(1, trainer.train_steps.numel())  # int(fraction x count) = 1 step
     policy.train(True)
     trained = torch.ones(m, dtype=torch.bool)  # [m] every sample trains
     with (
-        trainer_settings(trainer, timestep_fraction=one_step, gradient_accumulation_steps=0),
+        trainer_settings(trainer, gradient_accumulation_steps=0),
+        one_unit_per_sample(trainer),
         sample_layout(trainer, SampleLayout(m)),  # the update's batch is these m samples
     ):
         update_flops, _ = count_flops(lambda: trainer.update(rollout, advantages, trained, it=0))
@@ -379,13 +395,13 @@ def predict(units: dict[str, float], prompts: int, samples: int, steps: int, pai
     )
 
 
-def check_iteration(
-    ctx: SuiteContext, trainer: GRPOTrainer, units: dict[str, float]
-) -> dict[str, Any]:
-    """One real GRPOTrainer.iteration at the check recipe's size, against the prediction."""
+def check_iteration(ctx: SuiteContext, trainer: Trainer, units: dict[str, float]) -> dict[str, Any]:
+    """One real Trainer.iteration at the check recipe's size, against the prediction."""
     cfg = trainer.cfg
     samples = cfg.prompts_per_iteration * cfg.group_size
-    per_sample = max(1, int(cfg.timestep_fraction * trainer.train_steps.numel()))
+    # GRPO's units follow the sampler alone: a rollout with nothing else in it tells them.
+    empty = Rollout(trainer.sampler, trainer.schedule, None, None, None)  # type: ignore[arg-type]
+    per_sample = trainer.objective.train_units(empty)[1]
     pairs = samples * per_sample
     steps = trainer.schedule.num_steps
     predicted = predict(units, cfg.prompts_per_iteration, samples, steps, pairs)
@@ -414,7 +430,7 @@ def computed_full(
     units: dict[str, float],
     check: dict[str, Any],
     decode_memory: dict[str, Any],
-    trainer: GRPOTrainer,
+    trainer: Trainer,
 ) -> dict[str, Any]:
     """The published per-GPU iteration computed from the per-unit figures (not measured)."""
     samples = setting["samples_per_gpu"]
@@ -460,7 +476,7 @@ def computed_full(
 # ---- one policy -------------------------------------------------------------------------------
 
 
-def parameter_counts(trainer: GRPOTrainer) -> dict[str, int]:
+def parameter_counts(trainer: Trainer) -> dict[str, int]:
     policy = trainer.policy
     trained = {id(p) for m in policy.trainable_modules() for p in m.parameters()}
     network = sum(p.numel() for m in policy.trainable_modules() for p in m.parameters())
@@ -485,7 +501,7 @@ def measure_policy(spec: BenchmarkSpec, ctx: SuiteContext, extra: dict[str, Any]
     reset_peak(ctx.device)
     start = time.perf_counter()
     with random_weights(ctx.device):
-        trainer = GRPOTrainer(check_recipe, ctx.root / f"{spec.policy}-run", runtime, ctx.registry)
+        trainer = Trainer(check_recipe, ctx.root / f"{spec.policy}-run", runtime, ctx.registry)
     sync(ctx.device)
     result: dict[str, Any] = {
         "setting": setting,

@@ -29,7 +29,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ class TrainingState:
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     ema: EMA | None
+    # Copies of the trained parameters an objective keeps (DiffusionNFT's sampling policy):
+    # name -> one tensor per trained parameter, sharded like it; saved and loaded in place.
+    shadows: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -122,6 +125,7 @@ def _write(tmp: Path, policy: Policy, training: TrainingState, state: dict[str, 
     else:
         state["optimizer"] = training.optimizer.state_dict()
         state["ema"] = training.ema.state_dict() if training.ema is not None else {}
+        state["shadows"] = training.shadows
     # The diffusers-loadable export: under FSDP2 every rank takes part in gathering it.
     policy.save_trained(str(tmp / WEIGHTS_DIR))
     if training.ema is not None:
@@ -143,6 +147,8 @@ def _sharded_state(training: TrainingState) -> dict[str, Any]:
     state: dict[str, Any] = {"model": model, "optim": optim}
     if training.ema is not None:
         state["ema"] = {str(i): s for i, s in enumerate(training.ema.shadow)}
+    for name, tensors in training.shadows.items():
+        state[f"shadow.{name}"] = {str(i): t for i, t in enumerate(tensors)}
     return state
 
 
@@ -289,6 +295,13 @@ def load_checkpoint(path: Path, policy: Policy, training: TrainingState) -> dict
         _guarded(path / STATE_FILE, lambda: training.optimizer.load_state_dict(state["optimizer"]))
         if training.ema is not None and state.get("ema"):
             training.ema.load_state_dict(state["ema"])
+        for name, tensors in training.shadows.items():
+            saved = state.get("shadows", {}).get(name)
+            if saved is None:
+                raise CheckpointError(f"{path} has no '{name}' weights, which this run keeps")
+            with torch.no_grad():
+                for t, v in zip(tensors, saved, strict=True):
+                    t.copy_(v)
     if not _all_finite(training.params):
         raise CheckpointError(
             f"{path}: the trained weights contain NaN or inf; refusing to resume from them "
@@ -325,6 +338,11 @@ def _load_sharded(folder: Path, training: TrainingState) -> None:
             loaded = state["ema"][str(i)]
             if loaded is not shadow:
                 local_tensor(shadow).copy_(local_tensor(loaded))
+    for name, tensors in training.shadows.items():
+        for i, tensor in enumerate(tensors):
+            loaded = state[f"shadow.{name}"][str(i)]
+            if loaded is not tensor:
+                local_tensor(tensor).copy_(local_tensor(loaded))
 
 
 def _guarded(path: Path, load: Callable[[], Any]) -> Any:

@@ -119,10 +119,10 @@ def run(
     """Train a policy with GRPO against one or more rewards."""
     from dance.data import read_prompts
     from dance.files import check_writable_dir
-    from dance.grpo import GRPOTrainer
     from dance.recipe import resolve
     from dance.registry import get_registry
     from dance.threads import use_threads
+    from dance.training.trainer import Trainer
 
     _quiet_libraries()
     registry = get_registry()
@@ -171,7 +171,7 @@ def run(
         described = use_threads(threads, runtime.device)
         if dist.is_main() and runtime.device.type == "cpu":
             typer.echo(f"device: cpu, {described}")
-        trainer = GRPOTrainer(
+        trainer = Trainer(
             resolved, output_dir, runtime=runtime, registry=registry, progress=progress
         )
         summary = trainer.run(resume=resume)

@@ -52,6 +52,12 @@ def register_advantages(register: Callable[[type], None]) -> None:
 
 
 @hookspec
+def register_objectives(register: Callable[[type], None]) -> None:
+    """Register :class:`dance.interfaces.Objective` subclasses (training objectives: what the
+    rollout keeps and the loss of a micro-batch). Built in: ``grpo`` (the default), ``nft``."""
+
+
+@hookspec
 def register_benchmark_specs(register: Callable[[object], None]) -> None:
     """Register :class:`dance.bench_spec.BenchmarkSpec` objects (one per policy): what the GPU
     suite (benchmarks/gpu_suite.py) needs to measure a policy at its published setting on

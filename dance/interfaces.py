@@ -1,4 +1,4 @@
-"""The four interfaces of dance: Policy, Sampler, Reward and Advantage.
+"""The five interfaces of dance: Policy, Sampler, Reward, Advantage and Objective.
 
 A plugin implements one of these classes and registers it through a hook (see
 :mod:`dance.hookspecs`).
@@ -299,3 +299,134 @@ class Advantage(ABC):
         A NaN reward marks a sample excluded from the statistics; it gets advantage NaN so that the
         trainer can leave it out of the update.
         """
+
+
+@dataclass
+class Rollout:
+    """What one iteration's rollout kept on this rank, as its :class:`Objective` asked.
+
+    ``n`` rows (padding rows included, see :mod:`dance.training.layout`), ``N`` sampling steps.
+    """
+
+    sampler: Sampler  # the sampler it was drawn with (a sliding SDE window moves per iteration)
+    schedule: Schedule
+    cond: Conditioning  # [n, ...] the encoded prompts
+    samples: torch.Tensor  # [n, *L] the final latents x_N (what NFT trains on)
+    reward_latents: torch.Tensor  # [n, *L] what the rewards score, once decoded
+    # Only when the objective keeps the trajectory (``Objective.keeps == "trajectory"``):
+    trajectory: torch.Tensor | None = None  # [n, N + 1, *L] x_0 (noise) ... x_N
+    log_probs: torch.Tensor | None = None  # [n, N] log p(x_{k+1} | x_k) at sampling time
+
+
+@dataclass
+class TrainBatch:
+    """One micro-batch of an update: ``m`` (sample, unit) pairs of this rank.
+
+    A unit is what the objective trains a sample on: a sampling step for GRPO, a forward-process
+    timestep for DiffusionNFT (:meth:`Objective.train_units`).
+    """
+
+    rows: torch.Tensor  # [m] local rows of the rollout
+    samples: torch.Tensor  # [m] global sample indices (for draws keyed by sample)
+    units: torch.Tensor  # [m] which unit of each sample
+    weight: torch.Tensor  # [m] bool, False on padding pairs (their loss is multiplied by 0)
+    advantages: torch.Tensor  # [m] 0 on padding pairs
+    iteration: int
+    window: int  # index of the optimizer step within the iteration (0 = no update made yet)
+    index: int  # index of the micro-batch within its optimizer step
+
+
+@dataclass
+class TrainingContext:
+    """What an objective trains with, handed to :meth:`Objective.bind` once before training.
+    (The sampler and schedule of each iteration come with its :class:`Rollout`.)"""
+
+    policy: Policy
+    seed: int  # the run's seed (trainer.seed): key its random draws by (seed, iteration, sample)
+
+
+class Objective(ABC):
+    """A training objective: what the rollout keeps and the loss of a micro-batch.
+
+    The trainer (:mod:`dance.training.trainer`) owns everything else: rollout, rewards,
+    advantages, Best-of-N, the split of (sample, unit) pairs into optimizer steps over ranks,
+    gradient reduction, clipping, checkpoints. Per iteration it calls :meth:`begin_update`, then
+    :meth:`loss` for each micro-batch of each optimizer step (it multiplies by ``weight``, divides
+    by the optimizer step's global pair count and back-propagates), :meth:`after_optimizer_step`
+    after each step, and :meth:`metrics` at the end.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    # "trajectory": every latent x_0 ... x_N and each transition's log-probability (GRPO);
+    # "samples": the final clean samples only (DiffusionNFT), which saves [n, N, *L] of memory.
+    keeps: ClassVar[Literal["trajectory", "samples"]] = "trajectory"
+    # One line for `dance plugins`: which samplers the rollout may use.
+    sampler_requirement: ClassVar[str] = "any sampler"
+
+    def __init__(self, config: Any, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+
+    @classmethod
+    def check_sampler(
+        cls,
+        config: Any,
+        sampler_cls: type[Sampler],
+        sampler_config: Any,
+    ) -> None:
+        """Given the objective's ``config``, raise :class:`dance.errors.ConfigError` (one line,
+        with the fix) when the rollout cannot use this sampler. Called when a recipe is resolved,
+        before any model loads. Default: any sampler."""
+        return None
+
+    def needs_reference(self) -> bool:
+        """Whether :meth:`loss` uses ``policy.reference()`` (a KL term): the trainer then calls
+        ``policy.prepare_reference()`` before sharding."""
+        return False
+
+    def bind(self, context: TrainingContext) -> None:
+        """Keep what training needs; called once, after the policy is sharded."""
+        self.context = context
+
+    @abstractmethod
+    def train_units(self, rollout: Rollout) -> tuple[torch.Tensor, int]:
+        """The units the samples of ``rollout`` may be trained on ``[U]`` and how many of them
+        each trained sample draws (distinct, at random, keyed by (seed, iteration)). Called every
+        iteration: the units may follow the rollout's sampler (GRPO trains its SDE steps)."""
+
+    def rollout_weights(self) -> contextlib.AbstractContextManager[None]:
+        """Context the rollout runs in: the sampling policy's weights (DiffusionNFT samples with
+        a slowly updated copy of the trained weights). Default: the trained weights."""
+        return contextlib.nullcontext()
+
+    def begin_update(  # noqa: B027 - optional hook
+        self, rollout: Rollout, batches: list[list[TrainBatch]]
+    ) -> None:
+        """Before the first optimizer step of an iteration, with every micro-batch this rank will
+        train, grouped by optimizer step (GRPO recomputes old log-probs here)."""
+
+    @abstractmethod
+    def loss(self, rollout: Rollout, batch: TrainBatch) -> torch.Tensor:
+        """The loss of each pair ``[m]`` (with gradients, unweighted): the trainer multiplies by
+        ``batch.weight`` and divides by the optimizer step's global pair count."""
+
+    def after_optimizer_step(self) -> None:  # noqa: B027 - optional hook
+        """After each optimizer step (DiffusionNFT's soft update of the sampling policy)."""
+
+    def metrics(self) -> dict[str, float]:
+        """The iteration's metrics over every rank (reduce with :mod:`dance.distributed`), reset
+        for the next iteration. Every rank must call the same collectives."""
+        return {}
+
+    def shadow_weights(self) -> dict[str, list[torch.Tensor]]:
+        """Copies of the trained parameters the objective keeps (shaped and sharded like them):
+        checkpoints save and restore them with the weights. Name -> one tensor per parameter."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Small state to checkpoint (no weight tensors: see :meth:`shadow_weights`)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore :meth:`state_dict`."""

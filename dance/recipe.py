@@ -15,6 +15,10 @@
     [advantage]
     name = "group"
 
+    [objective]
+    name = "grpo"      # the default; "nft" = DiffusionNFT
+    clip_range = 1e-4
+
     [trainer]
     group_size = 12
 
@@ -45,7 +49,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-SECTIONS = ("policy", "sampler", "rewards", "advantage", "trainer", "evaluation")
+SECTIONS = ("policy", "sampler", "rewards", "advantage", "objective", "trainer", "evaluation")
+DEFAULT_OBJECTIVE = "grpo"
+# [trainer] keys of recipes written before objectives were plugins: GRPO's settings, now in
+# [objective]. Old recipes and overrides still work, with a note saying where the key went.
+MOVED_TO_OBJECTIVE = (
+    "clip_range",
+    "kl_coef",
+    "timestep_fraction",
+    "train_last_step",
+    "old_log_probs",
+)
 REWARD_KEYS = ("name", "weight", "component")
 DEFAULT_SAMPLER = {"flow": "dance-sde", "epsilon": "ddim"}
 # Evaluation and `dance sample`: the noise-free sampler of each kind of model, with its options.
@@ -82,6 +96,8 @@ class Recipe:
     advantage_options: dict[str, Any]
     trainer: TrainerConfig
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    objective: str = DEFAULT_OBJECTIVE
+    objective_options: dict[str, Any] = field(default_factory=dict)
 
     def to_toml_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +113,7 @@ class Recipe:
                 for r in self.rewards
             ],
             "advantage": {"name": self.advantage, **self.advantage_options},
+            "objective": {"name": self.objective, **self.objective_options},
             "trainer": to_dict(self.trainer),
             "evaluation": to_dict(self.evaluation),
         }
@@ -258,15 +275,17 @@ def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
     adv_cls = registry.get("advantage", adv_name)
     adv_cfg = build(adv_cls.config_class, adv_raw, prefix="advantage.")
 
+    _move_legacy_trainer_keys(raw)
+    obj_raw = dict(raw.get("objective", {}))
+    obj_name = obj_raw.pop("name", None) or DEFAULT_OBJECTIVE
+    obj_cls = registry.get("objective", obj_name)
+    obj_cfg = build(obj_cls.config_class, obj_raw, prefix="objective.")
+    obj_cls.check_sampler(obj_cfg, sampler_cls, sampler_cfg)
+
     trainer = build(TrainerConfig, raw.get("trainer", {}), prefix="trainer.")
     evaluation = build(EvaluationConfig, raw.get("evaluation", {}), prefix="evaluation.")
     if evaluation.prompts:
         _check_evaluation(evaluation, rewards, registry)
-    if not sampler_cls.stochastic:
-        raise ConfigError(
-            f"sampler '{sampler_name}' is deterministic and has no transition density to train "
-            "with; choose a stochastic sampler (e.g. dance-sde)."
-        )
     return Recipe(
         policy=policy_name,
         policy_options=to_dict(policy_cfg),
@@ -277,6 +296,35 @@ def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
         advantage_options=to_dict(adv_cfg),
         trainer=trainer,
         evaluation=evaluation,
+        objective=obj_name,
+        objective_options=to_dict(obj_cfg),
+    )
+
+
+def _move_legacy_trainer_keys(raw: dict[str, Any]) -> None:
+    """Move GRPO's settings from [trainer], where recipes before objectives kept them, to
+    [objective] (when the objective is GRPO), saying so once."""
+    trainer = raw.get("trainer", {})
+    moved = [key for key in MOVED_TO_OBJECTIVE if key in trainer]
+    if not moved:
+        return
+    objective = raw.setdefault("objective", {})
+    name = objective.get("name", DEFAULT_OBJECTIVE)
+    if name != DEFAULT_OBJECTIVE:
+        raise ConfigError(
+            f"trainer.{moved[0]} is a setting of the grpo objective, but the recipe trains with "
+            f"objective '{name}'; set the objective's own options in [objective] instead."
+        )
+    for key in moved:
+        if key in objective:
+            raise ConfigError(
+                f"{key} is set both in [trainer] and in [objective]; keep objective.{key}."
+            )
+        objective[key] = trainer.pop(key)
+    print(
+        f"note: trainer.{', trainer.'.join(moved)} moved to the [objective] table "
+        f"(objective.{moved[0]}=...); this recipe still works.",
+        file=sys.stderr,
     )
 
 

@@ -18,7 +18,7 @@ import pluggy
 
 from dance import hookspecs
 from dance.errors import UsageError, unknown_name
-from dance.interfaces import Advantage, Policy, Reward, Runtime, Sampler
+from dance.interfaces import Advantage, Objective, Policy, Reward, Runtime, Sampler
 
 ENTRY_POINT_GROUP = "dance"
 ENV_VAR = "DANCE_PLUGINS"
@@ -29,6 +29,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "sampler": ("register_samplers", Sampler),
     "reward": ("register_rewards", Reward),
     "advantage": ("register_advantages", Advantage),
+    "objective": ("register_objectives", Objective),
 }
 
 

@@ -1,7 +1,8 @@
-"""Settings of the GRPO loop (the ``[trainer]`` table of a recipe).
+"""Settings of the training loop (the ``[trainer]`` table of a recipe).
 
-Defaults follow DanceGRPO's FLUX recipe where it defines one (group size 12, timestep fraction 0.6,
-clip range 1e-4, learning rate 1e-5, weight decay 1e-4, gradient clipping 1.0).
+Defaults follow DanceGRPO's FLUX recipe where it defines one (group size 12, learning rate 1e-5,
+weight decay 1e-4, gradient clipping 1.0). The objective's own settings (clip range, KL, trained
+steps) are in the ``[objective]`` table (:mod:`dance.objectives`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dance.errors import ConfigError
 
 @dataclass
 class TrainerConfig:
-    iterations: int = option(100, "GRPO iterations (rollout + reward + update) to run", ge=1)
+    iterations: int = option(100, "training iterations (rollout + reward + update) to run", ge=1)
     prompts_per_iteration: int = option(
         2,
         "distinct prompts per iteration, over all processes (prompts x group_size need not "
@@ -48,12 +49,6 @@ class TrainerConfig:
         "0 = one optimizer step per iteration",
         ge=0,
     )
-    timestep_fraction: float = option(
-        0.6, "fraction of each trajectory's steps trained on, drawn at random", gt=0, le=1
-    )
-    train_last_step: bool = option(False, "allow the last sampling step among the trained steps")
-    clip_range: float = option(1e-4, "PPO clip range eps on the importance ratio", gt=0)
-    kl_coef: float = option(0.0, "weight of the KL penalty to the frozen reference model", ge=0)
     learning_rate: float = option(1e-5, "AdamW learning rate", gt=0)
     lr_warmup_steps: int = option(0, "optimizer steps of linear warm-up, then constant", ge=0)
     weight_decay: float = option(1e-4, "AdamW weight decay", ge=0)
@@ -63,14 +58,6 @@ class TrainerConfig:
     max_grad_norm: float = option(1.0, "clip the gradient norm to this; 0 turns clipping off", ge=0)
     ema_decay: float = option(
         0.0, "decay of an exponential moving average of the trained weights; 0 = off", ge=0, lt=1
-    )
-    old_log_probs: str = option(
-        "recompute",
-        "log-probs the ratio is taken against: 'recompute' = with the current weights in the "
-        "training layout before the first optimizer step (ratio exactly 1 there, also in bf16); "
-        "'rollout' = those stored during the rollout (cheaper; exact only when rollout and "
-        "training numerics agree)",
-        choices=("recompute", "rollout"),
     )
     reward_on: str = option(
         "last_x0",

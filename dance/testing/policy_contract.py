@@ -275,8 +275,8 @@ class PolicyContract:
 
     def _trainer(self, policy_options, registry, sampler_name, train_prompts, tmp_path, **trainer):
         import dance.registry
-        from dance.grpo import GRPOTrainer
         from dance.recipe import resolve
+        from dance.training.trainer import Trainer
 
         raw = {
             "policy": dict(policy_options),
@@ -294,7 +294,7 @@ class PolicyContract:
         dance.registry._REGISTRY = registry
         try:
             recipe = resolve(raw, registry)
-            return GRPOTrainer(recipe, tmp_path, Runtime(), registry)
+            return Trainer(recipe, tmp_path, Runtime(), registry)
         finally:
             dance.registry.reset_registry()
 

@@ -11,10 +11,10 @@ import torch
 
 import dance
 from dance.errors import CheckpointError
-from dance.grpo import GRPOTrainer
 from dance.recipe import resolve
 from dance.registry import load_registry
 from dance.testing import toy_policy
+from dance.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def make_trainer(registry, run_dir, iterations=2):
             "keep_checkpoints": 3,
         },
     }
-    return GRPOTrainer(resolve(raw, registry), run_dir, dance.Runtime(), registry)
+    return Trainer(resolve(raw, registry), run_dir, dance.Runtime(), registry)
 
 
 @pytest.fixture

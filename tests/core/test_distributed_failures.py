@@ -27,11 +27,11 @@ import dance.distributed as dist
 import dance.registry
 from dance.config import option
 from dance.errors import RunError
-from dance.grpo import GRPOTrainer
 from dance.recipe import resolve
 from dance.registry import load_registry
 from dance.testing import toy_policy
 from dance.testing.multiprocess import free_port, launch, rank_env, start
+from dance.training.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and gloo")
 
@@ -173,7 +173,7 @@ def test_a_non_finite_loss_stops_without_checkpointing_it(tmp_path):
         "trainer": {"iterations": 3, "prompts_per_iteration": 2, "group_size": 3},
     }
     raw["trainer"]["checkpoint_every"] = 1
-    trainer = GRPOTrainer(resolve(raw, registry), tmp_path, dance.Runtime(), registry)
+    trainer = Trainer(resolve(raw, registry), tmp_path, dance.Runtime(), registry)
     predict, calls = trainer.policy.predict, []
 
     def diverging(latents, timesteps, cond):

@@ -14,10 +14,10 @@ import torch
 import dance
 from dance.config import option
 from dance.errors import RewardError
-from dance.grpo import GRPOTrainer
-from dance.recipe import resolve
+from dance.recipe import MOVED_TO_OBJECTIVE, resolve
 from dance.registry import load_registry
 from dance.testing import toy_policy
+from dance.training.trainer import Trainer
 
 
 @dataclass
@@ -54,7 +54,11 @@ def registry():
 
 
 def make_trainer(registry, tmp_path, trainer=None, rewards=None, sampler=None, evaluation=None):
+    # GRPO's own settings go to [objective], the rest to [trainer].
+    trainer = dict(trainer or {})
+    objective = {k: trainer.pop(k) for k in MOVED_TO_OBJECTIVE if k in trainer}
     raw = {
+        "objective": objective,
         "evaluation": evaluation or {},
         "policy": {"name": "toy-flow"},
         "sampler": sampler or {"name": "dance-sde", "num_steps": 6},
@@ -69,7 +73,7 @@ def make_trainer(registry, tmp_path, trainer=None, rewards=None, sampler=None, e
             **(trainer or {}),
         },
     }
-    return GRPOTrainer(resolve(raw, registry), tmp_path, dance.Runtime(), registry)
+    return Trainer(resolve(raw, registry), tmp_path, dance.Runtime(), registry)
 
 
 @pytest.mark.parametrize(
@@ -127,13 +131,13 @@ def test_gradient_does_not_depend_on_micro_batch_size(registry, tmp_path):
 def test_trained_steps_and_pairs(registry, tmp_path):
     trainer = make_trainer(registry, tmp_path, {"timestep_fraction": 0.6})
     seen = []
-    real = trainer._transition
+    real = trainer.objective.transition
 
     def spy(rollout, i, s):
         seen.append((i.clone(), s.clone()))
         return real(rollout, i, s)
 
-    trainer._transition = spy
+    trainer.objective.transition = spy
     trainer.iteration(0)
     steps = torch.cat([s for _, s in seen])
     samples = torch.cat([i for i, _ in seen])
@@ -286,7 +290,7 @@ def test_best_of_n_trains_only_the_extremes(registry, tmp_path):
     real_compute, real_update, real_transition = (
         trainer.advantage.compute,
         trainer.update,
-        trainer._transition,
+        trainer.objective.transition,
     )
 
     def compute(*args, **kwargs):
@@ -302,7 +306,7 @@ def test_best_of_n_trains_only_the_extremes(registry, tmp_path):
         return real_transition(rollout, i, s)
 
     trainer.advantage.compute, trainer.update = compute, update
-    trainer._transition = transition
+    trainer.objective.transition = transition
     metrics = trainer.iteration(0)
     per_group = seen["all"].reshape(2, 6)
     expected = torch.cat([per_group.min(dim=1).values, per_group.max(dim=1).values])
@@ -320,13 +324,13 @@ def test_only_the_sde_window_is_trained(registry, tmp_path):
         registry, tmp_path, {"timestep_fraction": 1.0, "old_log_probs": "rollout"}, sampler=sampler
     )
     seen = []
-    real = trainer._transition
+    real = trainer.objective.transition
 
     def spy(rollout, i, s):
         seen.append(s.clone())
         return real(rollout, i, s)
 
-    trainer._transition = spy
+    trainer.objective.transition = spy
     metrics = trainer.iteration(0)
     steps = torch.cat(seen)
     assert sorted(set(steps.tolist())) == [1, 2] and steps.numel() == 8 * 2

@@ -4,6 +4,7 @@ import pytest
 
 from dance.config import build, describe, parse_value
 from dance.errors import ConfigError, UsageError
+from dance.objectives.grpo import GRPOConfig
 from dance.recipe import apply_override, dumps_toml, parse_reward_arg, read_recipe
 from dance.trainer_config import TrainerConfig
 
@@ -15,31 +16,34 @@ else:
 
 def test_trainer_defaults_and_descriptions():
     cfg = build(TrainerConfig, {})
-    assert cfg.group_size == 12 and cfg.timestep_fraction == 0.6 and cfg.clip_range == 1e-4
-    fields = describe(TrainerConfig)
-    assert all(f.help for f in fields), [f.name for f in fields if not f.help]
+    assert cfg.group_size == 12 and cfg.learning_rate == 1e-5
+    grpo = build(GRPOConfig, {})
+    assert grpo.timestep_fraction == 0.6 and grpo.clip_range == 1e-4
+    for config in (TrainerConfig, GRPOConfig):
+        fields = describe(config)
+        assert all(f.help for f in fields), [f.name for f in fields if not f.help]
 
 
 @pytest.mark.parametrize(
-    "values, message",
+    "config, values, message",
     [
-        ({"group_size": 1}, "trainer.group_size must be at least 2"),
-        ({"timestep_fraction": 0.0}, "timestep_fraction must be greater than 0"),
-        ({"timestep_fraction": 1.5}, "timestep_fraction must be at most 1"),
-        ({"learning_rate": -1e-5}, "learning_rate must be greater than 0"),
-        ({"old_log_probs": "stale"}, "must be one of"),
-        ({"group_size": "many"}, "expected an integer"),
-        ({"learnig_rate": 1e-5}, "Did you mean 'learning_rate'"),
+        (TrainerConfig, {"group_size": 1}, "trainer.group_size must be at least 2"),
+        (GRPOConfig, {"timestep_fraction": 0.0}, "timestep_fraction must be greater than 0"),
+        (GRPOConfig, {"timestep_fraction": 1.5}, "timestep_fraction must be at most 1"),
+        (TrainerConfig, {"learning_rate": -1e-5}, "learning_rate must be greater than 0"),
+        (GRPOConfig, {"old_log_probs": "stale"}, "must be one of"),
+        (TrainerConfig, {"group_size": "many"}, "expected an integer"),
+        (TrainerConfig, {"learnig_rate": 1e-5}, "Did you mean 'learning_rate'"),
     ],
 )
-def test_out_of_range_values_are_config_errors(values, message):
+def test_out_of_range_values_are_config_errors(config, values, message):
     with pytest.raises(ConfigError, match=message):
-        build(TrainerConfig, values, prefix="trainer.")
+        build(config, values, prefix="trainer.")
 
 
 def test_coercion_from_cli_strings():
-    cfg = build(TrainerConfig, {"group_size": "8", "kl_coef": "0.1", "train_last_step": "true"})
-    assert (cfg.group_size, cfg.kl_coef, cfg.train_last_step) == (8, 0.1, True)
+    cfg = build(GRPOConfig, {"clip_range": "0.1", "kl_coef": "0.1", "train_last_step": "true"})
+    assert (cfg.clip_range, cfg.kl_coef, cfg.train_last_step) == (0.1, 0.1, True)
 
 
 def test_parse_value():

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 import dance
-from dance.grpo import GRPOTrainer
 from dance.recipe import resolve
 from dance.registry import load_registry
 from dance.run_log import cut_metrics
 from dance.tensorboard import EventWriter, event_step, read_records, truncate_events
 from dance.testing import toy_policy
+from dance.training.trainer import Trainer
 
 
 def _steps(logdir: Path, tag: bytes = b"loss") -> list[int]:
@@ -55,7 +55,7 @@ def test_truncate_events_cuts_steps_and_a_torn_tail(tmp_path):
     assert truncate_events(tmp_path, 4) == 0  # idempotent: everything left is before 4
 
 
-def _trainer(registry, out: Path, iterations: int) -> GRPOTrainer:
+def _trainer(registry, out: Path, iterations: int) -> Trainer:
     raw = {
         "policy": {"name": "toy-flow"},
         "sampler": {"name": "dance-sde", "num_steps": 3},
@@ -68,7 +68,7 @@ def _trainer(registry, out: Path, iterations: int) -> GRPOTrainer:
             "sample_every": 0,
         },
     }
-    return GRPOTrainer(resolve(raw, registry), out, dance.Runtime(), registry)
+    return Trainer(resolve(raw, registry), out, dance.Runtime(), registry)
 
 
 class _Killed(Exception):

@@ -20,11 +20,11 @@ import torch
 import dance
 import dance.distributed as dist
 from dance.config import option
-from dance.grpo import GRPOTrainer
 from dance.recipe import resolve
 from dance.registry import load_registry
 from dance.testing import toy_policy
 from dance.testing.multiprocess import run_function
+from dance.training.trainer import Trainer
 
 PROMPTS = ["a red apple", "a blue house", "a green tree", "a yellow car", "a black cat"]
 EXCLUDED_PROMPT = "a blue house"
@@ -65,8 +65,8 @@ SCENARIOS = {
             "group_size": 4,
             "micro_batch_size": 4,
             "gradient_accumulation_steps": 2,
-            "kl_coef": 0.05,
         },
+        "objective": {"kl_coef": 0.05},
         "evaluation": {"prompts": "PROMPTS", "seeds": 1, "num_steps": 3},
     },
     "best_of_n": {
@@ -115,7 +115,6 @@ SCENARIOS = {
 COMMON = {"iterations": 2, "learning_rate": 1e-3, "sample_every": 1, "checkpoint_every": 0}
 
 
-
 def _full(param: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a parameter: FSDP2 shards it over the ranks (a DTensor) when the
     network is sharded; a collective, so every rank calls it for every parameter."""
@@ -123,6 +122,7 @@ def _full(param: torch.Tensor) -> torch.Tensor:
 
     data = param.detach()
     return data.full_tensor() if isinstance(data, DTensor) else data
+
 
 def run_scenario(name: str, folder: str) -> dict:
     """Run one scenario in ``folder`` (on every rank of the current job) and record what each
@@ -136,7 +136,7 @@ def run_scenario(name: str, folder: str) -> dict:
     raw["trainer"] = {**COMMON, **raw["trainer"], "prompts": str(root / "prompts.txt")}
     registry = load_registry(extra={"toy": toy_policy, "brightness": _plugin})
     out = root / f"{name}-{dist.world_size()}"
-    trainer = GRPOTrainer(resolve(raw, registry), out, dance.Runtime.auto(), registry)
+    trainer = Trainer(resolve(raw, registry), out, dance.Runtime.auto(), registry)
     initial = [_full(p).clone() for p in trainer.params]
     seen: dict[str, list] = {"rewards": [], "advantages": [], "trained": []}
     compute, update = trainer.advantage.compute, trainer.update

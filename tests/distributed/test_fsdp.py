@@ -58,7 +58,8 @@ def test_full_finetune_shards_sums_gradients_and_resumes_from_one_to_two_process
         "fixed_norm": True,
     }
     # One process (here): one iteration with EMA and the KL term (a frozen reference copy).
-    trainer = {"iterations": 1, "ema_decay": 0.9, "kl_coef": 0.1}
+    trainer = {"iterations": 1, "ema_decay": 0.9}
+    common["objective"] = {"kl_coef": 0.1}
     one = workers.train({**common, "tag": "one", "trainer": trainer})
     # Two processes resume it and run a second iteration.
     trainer = {**trainer, "iterations": 2}
@@ -111,10 +112,11 @@ def test_full_finetune_shards_sums_gradients_and_resumes_from_one_to_two_process
 def test_lora_shards_and_a_killed_checkpoint_write_resumes_at_one_process(tiny_flux, tmp_path):
     out, run_dir = tmp_path / "out", tmp_path / "run"
     common = {"model": str(tiny_flux), "run_dir": str(run_dir), "out": str(out)}
+    common["objective"] = {"kl_coef": 0.1}
     # Best-of-N (the best and the worst of each group of 4, padding rows on a rank without one)
     # and the KL term (the sharded network with its adapters off) run sharded too.
     trainer = {"iterations": 2, "checkpoint_every": 1, "group_size": 4, "train_per_group": 2}
-    trainer |= {"prompts_per_iteration": 1, "kl_coef": 0.1}
+    trainer |= {"prompts_per_iteration": 1}
     # Rank 1 dies after writing its part of the second checkpoint, before it is renamed.
     proc = launch(2, {**common, "tag": "killed", "trainer": trainer, "kill_at": 2})
     assert proc.returncode != 0

@@ -19,19 +19,20 @@ import torch
 import dance
 import dance.checkpoint as checkpoint
 import dance.distributed as dist
-from dance.grpo import GRPOTrainer
 from dance.recipe import resolve
 from dance.registry import get_registry
 from dance.sharding import clip_gradients, local_bytes
+from dance.training.trainer import Trainer
 
 SMALL = {"height": 32, "width": 32, "max_sequence_length": 16, "lora_rank": 4, "lora_alpha": 8.0}
 
 
-def make_trainer(args: dict[str, Any]) -> GRPOTrainer:
+def make_trainer(args: dict[str, Any]) -> Trainer:
     raw = {
         "policy": {"name": "flux", "model": args["model"], **SMALL, **args.get("policy", {})},
         "sampler": {"name": "dance-sde", "num_steps": 3},
         "rewards": [{"name": "jpeg-compressibility"}],
+        "objective": args.get("objective", {}),
         "trainer": {
             "prompts_per_iteration": 2,
             "group_size": 2,
@@ -43,7 +44,7 @@ def make_trainer(args: dict[str, Any]) -> GRPOTrainer:
         },
     }
     registry = get_registry()
-    return GRPOTrainer(resolve(raw, registry), args["run_dir"], dance.Runtime.auto("cpu"), registry)
+    return Trainer(resolve(raw, registry), args["run_dir"], dance.Runtime.auto("cpu"), registry)
 
 
 def gather(t: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,7 @@ def gather(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone()
 
 
-def full_weights(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:
+def full_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     """Trainable weights by name, gathered (every rank calls this)."""
     params = dict(trainer.policy.trained.network.named_parameters())
     out = {}
@@ -60,7 +61,7 @@ def full_weights(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:
     return out
 
 
-def full_optimizer(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:
+def full_optimizer(trainer: Trainer) -> dict[str, torch.Tensor]:
     """exp_avg and exp_avg_sq of every trainable weight, gathered, by name."""
     names = trainer.policy.trained.trainable_names
     out = {}
@@ -70,7 +71,7 @@ def full_optimizer(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:
     return out
 
 
-def fixed_backward(trainer: GRPOTrainer, rows: list[int]) -> None:
+def fixed_backward(trainer: Trainer, rows: list[int]) -> None:
     """Backward of sum over ``rows`` of a fixed loss of the policy's output (same inputs at any
     world size: row r's latents and prompt depend only on r)."""
     policy = trainer.policy
@@ -82,13 +83,13 @@ def fixed_backward(trainer: GRPOTrainer, rows: list[int]) -> None:
     (out.square().mean(dim=(1, 2)) * torch.tensor([1.0, 2.0, 3.0, 4.0])[rows]).sum().backward()
 
 
-def gathered_ema(trainer: GRPOTrainer) -> list[torch.Tensor]:
+def gathered_ema(trainer: Trainer) -> list[torch.Tensor]:
     if trainer.ema is None:
         return []
     return [gather(t) for t in trainer.ema.shadow]
 
 
-def snapshot(trainer: GRPOTrainer) -> dict[str, Any]:
+def snapshot(trainer: Trainer) -> dict[str, Any]:
     return {
         "weights": full_weights(trainer),
         "optimizer": full_optimizer(trainer),

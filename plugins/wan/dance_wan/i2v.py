@@ -48,7 +48,6 @@ class WanI2VConfig(WanCommonConfig):
     )
 
 
-
 class WanI2VPolicy(WanFamilyPolicy):
     """Wan image-to-video (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers, Wan2.2-I2V-A14B-Diffusers,
     Wan2.2-TI2V-5B-Diffusers)."""

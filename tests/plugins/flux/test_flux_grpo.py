@@ -12,9 +12,9 @@ import torch
 
 import dance
 from dance.cli import main
-from dance.grpo import GRPOTrainer
 from dance.recipe import resolve
 from dance.registry import get_registry, reset_registry
+from dance.training.trainer import Trainer
 
 SMALL = {"height": 32, "width": 32, "max_sequence_length": 16, "lora_rank": 4, "lora_alpha": 8.0}
 
@@ -27,7 +27,7 @@ def flux_trainer(tiny_flux, tmp_path, **trainer):
         "trainer": {"prompts_per_iteration": 2, "group_size": 3, **trainer},
     }
     reset_registry()
-    return GRPOTrainer(resolve(raw, get_registry()), tmp_path, dance.Runtime(), get_registry())
+    return Trainer(resolve(raw, get_registry()), tmp_path, dance.Runtime(), get_registry())
 
 
 @pytest.mark.parametrize("rollout_batch, micro_batch", [(1, 1), (4, 3), (6, 12), (5, 7)])

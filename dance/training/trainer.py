@@ -1,32 +1,32 @@
-"""The GRPO loop of DanceGRPO (arXiv 2505.07818), for any policy, sampler, rewards and advantage.
+"""The trainer: one loop for every objective, policy, sampler, reward and advantage.
 
-One iteration, read top to bottom in :meth:`GRPOTrainer.iteration`:
+One iteration, read top to bottom in :meth:`Trainer.iteration`:
 
-1. rollout   - P prompts, each repeated G times; sample trajectories without gradients, storing
-               every latent x_k and the log-probability of every transition;
-2. reward    - decode the clean prediction of the last step and score it with every reward;
-               gather the scores of all ranks, since a group may span ranks;
-3. advantage - one advantage per sample from the gathered scores and group ids;
-4. update    - on a random fraction of each trajectory's steps, recompute the log-probability of
-               the stored transition under the current weights and minimise the clipped-ratio
-               objective, batched over (sample, step) pairs in micro-batches.
+1. rollout   - P prompts, each repeated G times; sample without gradients, keeping what the
+               objective needs (every latent x_k and transition log-probability for GRPO, the
+               final samples for DiffusionNFT);
+2. reward    - decode what the rewards score (the clean prediction of the last step by default)
+               and score it with every reward; gather the scores of all ranks, since a group may
+               span ranks;
+3. advantage - one advantage per sample from the gathered scores and group ids (Best-of-N keeps
+               only the extremes of each group);
+4. update    - (sample, unit) pairs drawn over the global batch, split into optimizer steps and
+               micro-batches; the objective (:mod:`dance.objectives`) gives each pair's loss.
 
-Several processes give the same run as one (see :mod:`dance.layout`): random draws are keyed by
-(seed, iteration, global sample index), the trained pairs and optimizer steps are drawn over the
-global batch, the loss is normalised by global counts and gradients are summed over ranks.
+Several processes give the same run as one (see :mod:`dance.training.layout`): random draws are
+keyed by (seed, iteration, global sample index), the trained pairs and optimizer steps are drawn
+over the global batch, the loss is normalised by global counts and gradients are summed over ranks.
 
 Shapes: S = samples per iteration (all ranks), n = rows on this rank (padding included),
-N = sampling steps, *L = the policy's latent shape.
+N = sampling steps, *L = the policy's latent shape, m = pairs in a micro-batch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,10 @@ from dance.checkpoint import (
 )
 from dance.data import PromptSource, read_prompts
 from dance.ema import EMA
-from dance.errors import ConfigError, RewardError, RunError, UsageError
+from dance.errors import RewardError, RunError, UsageError
 from dance.evaluation import Evaluator
 from dance.generate import BatchNoise, denoise, noise_from_seeds
-from dance.interfaces import Conditioning, Prompt, Reward, Runtime, StepOutput
+from dance.interfaces import Prompt, Reward, Rollout, Runtime, TrainBatch, TrainingContext
 from dance.layout import (
     MicroBatch,
     SampleLayout,
@@ -56,23 +56,14 @@ from dance.layout import (
     optimizer_windows,
     rank_micro_batches,
 )
-from dance.paired import paired_change
-from dance.plots import before_after_grid, line_chart
 from dance.recipe import Recipe, RewardSpec, dumps_toml
 from dance.registry import Registry, get_registry
+from dance.reporting.report import save_evaluation, write_report
 from dance.run_log import RunLog, save_grid
 from dance.sharding import clip_gradients, shard_policy, sum_replicated_gradients
 
 
-@dataclass
-class Rollout:
-    trajectory: torch.Tensor  # [n, N + 1, *L]  x_0 (noise) ... x_N, padding rows included
-    log_probs: torch.Tensor  # [n, N]          log p(x_{k+1} | x_k) at sampling time
-    reward_latents: torch.Tensor  # [n, *L]    what the rewards score, once decoded
-    cond: Conditioning  # [n, ...]
-
-
-class GRPOTrainer:
+class Trainer:
     def __init__(
         self,
         recipe: Recipe,
@@ -95,24 +86,15 @@ class GRPOTrainer:
         )
         self.weights = {spec.label: spec.weight for spec in recipe.rewards}
 
+        self.objective = registry.create(
+            "objective", recipe.objective, recipe.objective_options, rt
+        )
         self.schedule = self.sampler.schedule(device=rt.device)
-        # The steps an update may train on: random transitions only (a sampler that mixes SDE
-        # and ODE steps has no log-probability on its ODE steps), the last one only on request.
-        candidates = self.sampler.noisy_steps(self.schedule).cpu().clone()  # [N] bool
-        if not cfg.train_last_step:
-            candidates[-1] = False
-        self.train_steps = torch.nonzero(candidates).squeeze(1)  # [T_max]
-        if self.train_steps.numel() < 1:
-            raise ConfigError(
-                "no sampling step can be trained: the last step is excluded (set "
-                "trainer.train_last_step=true or raise sampler.num_steps) and the sampler's "
-                "other steps are deterministic"
-            )
         self.samples_per_iteration = cfg.prompts_per_iteration * cfg.group_size
         # Which global samples this rank holds; padding rows when the count does not divide.
         self.layout = SampleLayout(self.samples_per_iteration, rt.world_size, rt.rank)
 
-        if cfg.kl_coef > 0:  # before sharding: a full fine-tune copies its network here
+        if self.objective.needs_reference():  # before sharding: a full fine-tune copies here
             self.policy.prepare_reference()
         # FSDP2 under torchrun (one process wraps nothing); it replaces the parameters, so the
         # optimizer and the EMA are built on what it leaves.
@@ -132,8 +114,13 @@ class GRPOTrainer:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
         self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.objective.bind(TrainingContext(self.policy, cfg.seed))
         self.training = TrainingState(
-            self.policy.trainable_modules(), self.params, self.optimizer, self.ema
+            self.policy.trainable_modules(),
+            self.params,
+            self.optimizer,
+            self.ema,
+            self.objective.shadow_weights(),
         )
         if dist.is_main():  # left by a checkpoint write that was killed
             remove_stale_temporaries(self.output_dir)
@@ -256,24 +243,33 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def rollout(self, prompts: list[Prompt], global_index: torch.Tensor, it: int) -> Rollout:
+        """Sample ``[n]`` rows with the objective's sampling weights, keeping what it needs."""
         cfg, sched = self.cfg, self.schedule
+        keep_trajectory = self.objective.keeps == "trajectory"
         n, steps = len(prompts), sched.num_steps
         cond = self.policy.encode(prompts)  # [n, ...]
         noise = self.initial_noise(global_index, it)  # [n, *L]
-        trajectory = noise.new_empty((n, steps + 1, *noise.shape[1:]))  # [n, N + 1, *L]
-        log_probs = noise.new_empty((n, steps))  # [n, N]
+        trajectory = log_probs = None
+        if keep_trajectory:
+            trajectory = noise.new_empty((n, steps + 1, *noise.shape[1:]))  # [n, N + 1, *L]
+            log_probs = noise.new_empty((n, steps))  # [n, N]
+        samples = torch.empty_like(noise)  # [n, *L]
         reward_latents = torch.empty_like(noise)  # [n, *L]
-        for start in range(0, n, cfg.rollout_batch_size):
-            rows = slice(start, min(start + cfg.rollout_batch_size, n))
-            c = cond.select(torch.arange(rows.start, rows.stop))
-            trajectory[rows, 0] = noise[rows]
-            sde_noise = self.sde_noise(global_index[rows], it)
-            sampling = denoise(self.policy, self.sampler, sched, noise[rows], c, sde_noise)
-            for k, out in enumerate(sampling):
-                trajectory[rows, k + 1] = out.next_latents  # [b, *L]
-                log_probs[rows, k] = out.log_prob  # [b]
-            reward_latents[rows] = out.x0 if cfg.reward_on == "last_x0" else out.next_latents
-        return Rollout(trajectory, log_probs, reward_latents, cond)
+        with self.objective.rollout_weights():
+            for start in range(0, n, cfg.rollout_batch_size):
+                rows = slice(start, min(start + cfg.rollout_batch_size, n))
+                c = cond.select(torch.arange(rows.start, rows.stop))
+                sde_noise = self.sde_noise(global_index[rows], it)
+                sampling = denoise(self.policy, self.sampler, sched, noise[rows], c, sde_noise)
+                if trajectory is not None and log_probs is not None:
+                    trajectory[rows, 0] = noise[rows]
+                for k, out in enumerate(sampling):
+                    if trajectory is not None and log_probs is not None:
+                        trajectory[rows, k + 1] = out.next_latents  # [b, *L]
+                        log_probs[rows, k] = out.log_prob  # [b]
+                samples[rows] = out.next_latents
+                reward_latents[rows] = out.x0 if cfg.reward_on == "last_x0" else out.next_latents
+        return Rollout(self.sampler, sched, cond, samples, reward_latents, trajectory, log_probs)
 
     # ---- reward -------------------------------------------------------------------------------
 
@@ -341,10 +337,10 @@ class GRPOTrainer:
         """One iteration's optimizer steps on the samples with ``trained [S]``, whose
         ``advantages [S]`` (global, identical on every rank) are finite.
 
-        The (sample, step) pairs, their order and their split into optimizer steps are drawn
-        over the global batch (:mod:`dance.layout`); each rank trains the pairs of its samples.
-        Each optimizer step's loss is the mean over its pairs, all ranks together: every rank
-        divides its sum by the global count and the gradients are summed over ranks.
+        The (sample, unit) pairs, their order and their split into optimizer steps are drawn
+        over the global batch (:mod:`dance.training.layout`); each rank trains the pairs of its
+        samples. Each optimizer step's loss is the mean over its pairs, all ranks together: every
+        rank divides its sum by the global count and the gradients are summed over ranks.
         """
         cfg, dev, layout = self.cfg, self.runtime.device, self.layout
         local = layout.global_index.clamp(max=layout.total - 1)  # [n]
@@ -355,95 +351,55 @@ class GRPOTrainer:
 
         # Keyed by (seed, iteration) alone; the key one-process runs of earlier versions used.
         gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) * 104_729)
-        per_sample = max(1, int(cfg.timestep_fraction * self.train_steps.numel()))
-        pairs = draw_pairs(self.train_steps, per_sample, trained, gen)  # [M, 2] global
+        # The units (sampling steps, forward-process timesteps) a sample may train on.
+        units, per_sample = self.objective.train_units(rollout)  # [U], int
+        pairs = draw_pairs(units, per_sample, trained, gen)  # [M, 2]
         pairs_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps
-        filler = int(self.train_steps[0])  # padding pairs: a trainable step of the first row
+        filler = int(units[0])  # padding pairs: a trainable unit of the first row
         windows = [
             (w.stop - w.start, rank_micro_batches(pairs[w], layout, cfg.micro_batch_size, filler))
             for w in optimizer_windows(pairs.shape[0], pairs_per_step)
         ]  # [(global pairs of the optimizer step, this rank's micro-batches), ...]
+        batches = [
+            [self._train_batch(mb, adv, it, w, j) for j, mb in enumerate(micro)]
+            for w, (_, micro) in enumerate(windows)
+        ]
+        self.objective.begin_update(rollout, batches)
 
-        # Old log-probs in the training layout (see TrainerConfig.old_log_probs). In the first
-        # window no weight has changed yet, so the forward of the update itself gives them.
-        old: dict[tuple[int, int], torch.Tensor] = {}
-        drift = torch.zeros((), device=dev)
-        if cfg.old_log_probs == "recompute":
-            with torch.no_grad():
-                for w, (_, batches) in enumerate(windows[1:], start=1):
-                    for j, mb in enumerate(batches):
-                        i, s = mb.rows.to(dev), mb.steps.to(dev)
-                        old[w, j] = self._transition(rollout, i, s).log_prob
-                        diff = (old[w, j] - rollout.log_probs[i, s]).abs()[mb.weight.to(dev)]
-                        if diff.numel():
-                            drift = torch.maximum(drift, diff.max())
-
-        stats = _Stats(dev)
-        for w, (global_pairs, batches) in enumerate(windows):
-            for j, mb in enumerate(batches):
-                self._train_micro_batch(rollout, mb, adv, global_pairs, stats, w, old.get((w, j)))
-            stats.grad_norms.append(self._optimizer_step(it))
-        stats.drift = torch.maximum(stats.drift, drift)
+        grad_norms = []
+        for (global_pairs, _), step_batches in zip(windows, batches, strict=True):
+            for batch in step_batches:
+                # Divided by the optimizer step's global pair count: summing gradients over
+                # ranks gives the mean over all its pairs.
+                per_pair = self.objective.loss(rollout, batch) * batch.weight.float()  # [m]
+                (per_pair.sum() / global_pairs).backward()
+            grad_norms.append(self._optimizer_step(it))
+            self.objective.after_optimizer_step()
         if windows:
             self._check_finite_weights(it)
-        return stats.summary(self.optimizer.param_groups[0]["lr"])
+        return {
+            **self.objective.metrics(),
+            "grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
+            "optimizer_steps": float(len(grad_norms)),
+            "trained_pairs": float(pairs.shape[0]),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
 
-    def _train_micro_batch(
-        self,
-        rollout: Rollout,
-        mb: MicroBatch,
-        adv: torch.Tensor,
-        global_pairs: int,
-        stats: _Stats,
-        window: int,
-        old_lp: torch.Tensor | None,
-    ) -> None:
-        """Forward and backward of one micro-batch; its loss is divided by the ``global_pairs``
-        of the optimizer step, so summing gradients over ranks gives the mean over all pairs."""
-        cfg, dev = self.cfg, self.runtime.device
-        i, s, weight = mb.rows.to(dev), mb.steps.to(dev), mb.weight.to(dev)
-        out = self._transition(rollout, i, s)
-        new_lp = out.log_prob  # [m]
-        kl = self._kl(rollout, i, s, out) if cfg.kl_coef > 0 else torch.zeros_like(new_lp)
-        if cfg.old_log_probs == "rollout":
-            old_lp = rollout.log_probs[i, s]
-        elif window == 0:
-            old_lp = new_lp.detach()
-        assert old_lp is not None
-        if window == 0:  # no weight changed yet: compare with the rollout's log-probs
-            first_dev = (new_lp.detach() - rollout.log_probs[i, s]).abs()[weight]
-            if first_dev.numel():
-                stats.drift = torch.maximum(stats.drift, first_dev.max())
-        ratio = torch.exp(new_lp - old_lp)  # [m]
-        a = adv[i]  # [m]
-        clipped = torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
-        policy_loss = torch.maximum(-a * ratio, -a * clipped)  # [m]
-        per_pair = (policy_loss + cfg.kl_coef * kl) * weight.float()
-        (per_pair.sum() / global_pairs).backward()
-        stats.add_pairs(
-            ratio.detach(), weight, policy_loss.detach(), kl.detach(), window == 0, cfg.clip_range
+    def _train_batch(
+        self, mb: MicroBatch, adv: torch.Tensor, it: int, window: int, index: int
+    ) -> TrainBatch:
+        dev = self.runtime.device
+        rows = mb.rows.to(dev)
+        return TrainBatch(
+            rows=rows,
+            samples=rows + self.layout.first,
+            units=mb.steps.to(dev),
+            weight=mb.weight.to(dev),
+            advantages=adv[rows],
+            iteration=it,
+            window=window,
+            index=index,
         )
-
-    def _transition(self, rollout: Rollout, i: torch.Tensor, s: torch.Tensor) -> StepOutput:
-        """Recompute the stored transitions x_s -> x_{s+1} of samples ``i [m]`` under the current
-        weights; ``.log_prob [m]`` is their log-probability."""
-        x = rollout.trajectory[i, s]  # [m, *L]
-        t = self.schedule.timesteps[s]  # [m]
-        v = self.policy.predict(x, t, rollout.cond.select(i))  # [m, *L]
-        x_next = rollout.trajectory[i, s + 1]  # [m, *L]
-        return self.sampler.step(v, x, s, self.schedule, next_latents=x_next)
-
-    def _kl(
-        self, rollout: Rollout, i: torch.Tensor, s: torch.Tensor, out: StepOutput
-    ) -> torch.Tensor:
-        """KL ``[m]`` from the frozen reference's transition to the current one. Both Gaussians
-        share their std, so it is |mean - mean_ref|^2 / (2 std^2), averaged over elements as
-        flow_grpo's kl_loss."""
-        with torch.no_grad(), self.policy.reference():
-            ref = self._transition(rollout, i, s)
-        dims = tuple(range(1, out.mean.ndim))
-        std = out.std.float().clamp_min(1e-12)
-        return ((out.mean - ref.mean) ** 2 / (2 * std**2)).mean(dim=dims)
 
     def _optimizer_step(self, it: int) -> float:
         # Each rank's loss is already divided by the global pair count, so gradients are SUMMED
@@ -519,6 +475,7 @@ class GRPOTrainer:
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {},
             "prompts": self.prompts.state_dict(),
+            "objective": self.objective.state_dict(),
             "rng": rng_state(),
         }
 
@@ -546,6 +503,7 @@ class GRPOTrainer:
         state = load_checkpoint(path, self.policy, self.training)  # weights, optimizer, EMA
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.prompts.load_state_dict(state["prompts"])
+        self.objective.load_state_dict(state.get("objective", {}))
         set_rng_state(state["rng"])
         self.iteration_done = int(state["iteration"])
         self.last_checkpoint = path
@@ -602,7 +560,7 @@ class GRPOTrainer:
             "metrics": last,
         }
         if dist.is_main():
-            summary.update(self.write_report())
+            summary.update(write_report(self.output_dir, self.iteration_done))
         return summary
 
     def evaluate(self, stage: str) -> dict[str, Any]:
@@ -611,54 +569,9 @@ class GRPOTrainer:
         assert self.evaluator is not None
         result, media = self.evaluator(self.policy)
         if media is not None:  # rank 0
-            folder = self.output_dir / "eval"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{stage}.json").write_text(json.dumps(result, indent=2) + "\n")
-            pixels = (media.clamp(0, 1) * 255).round().to(torch.uint8)
-            torch.save(pixels, folder / f"{stage}.pt")
+            save_evaluation(self.output_dir, stage, result, media)
         dist.barrier()
         return result
-
-    def write_report(self) -> dict[str, Any]:
-        """summary.json, reward_curve.png and, after an evaluation, eval_grid.png."""
-        out = self.output_dir
-        history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        curves = (
-            {
-                key[len("reward/") : -len("/mean")]: [(h["iteration"], h[key]) for h in history]
-                for key in history[-1]
-                if key.startswith("reward/") and key.endswith("/mean")
-            }
-            if history
-            else {}
-        )
-        files = {"metrics": "metrics.jsonl", "config": "config.toml"}
-        if curves:
-            line_chart(curves, out / "reward_curve.png", "mean reward per iteration")
-            files["reward_curve"] = "reward_curve.png"
-        report: dict[str, Any] = {"iterations": self.iteration_done, "files": files}
-        folder = out / "eval"
-        if (folder / "before.json").is_file() and (folder / "after.json").is_file():
-            before_figures = json.loads((folder / "before.json").read_text())
-            after_figures = json.loads((folder / "after.json").read_text())
-            before_images = before_figures.pop("per_image", None)
-            after_images = after_figures.pop("per_image", None)
-            prompts, _ = before_figures.pop("prompts", None), after_figures.pop("prompts", None)
-            report["eval_before"], report["eval_after"] = before_figures, after_figures
-            if before_images and after_images:
-                # Same prompts and seeds in both stages: compare image by image.
-                report["eval_change"] = {
-                    key: paired_change(before_images[key], after_images[key])
-                    for key in before_images
-                    if key in after_images
-                }
-            before = torch.load(folder / "before.pt", weights_only=True).float() / 255
-            after = torch.load(folder / "after.pt", weights_only=True).float() / 255
-            before_after_grid(before, after, out / "eval_grid.png", prompts=prompts)
-            files["eval_grid"] = "eval_grid.png"
-        files["summary"] = "summary.json"
-        (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-        return report
 
     def _headline(self, metrics: dict[str, float]) -> str:
         """Progress-bar text: the mean of each reward and the speed."""
@@ -690,63 +603,3 @@ class GRPOTrainer:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
-
-
-class _Stats:
-    """Update statistics of one iteration: sums, counts and extremes over this rank's trained
-    pairs, reduced over every rank in :meth:`summary` (so the logs describe the whole job)."""
-
-    def __init__(self, device: torch.device) -> None:
-        zero = torch.zeros((), dtype=torch.float64, device=device)
-        self.pairs = zero.clone()
-        self.loss_sum, self.kl_sum, self.ratio_sum, self.clipped = (zero.clone() for _ in "1234")
-        self.ratio_min = torch.full((), float("inf"), dtype=torch.float64, device=device)
-        self.ratio_max = torch.full((), -float("inf"), dtype=torch.float64, device=device)
-        self.first_dev = zero.clone()  # max |ratio - 1| over the first optimizer step's pairs
-        self.drift = torch.zeros((), device=device)  # max |new log-prob - rollout log-prob|
-        self.grad_norms: list[float] = []  # already global: taken after the reduction
-
-    def add_pairs(
-        self,
-        ratio: torch.Tensor,
-        mask: torch.Tensor,
-        loss: torch.Tensor,
-        kl: torch.Tensor,
-        first_window: bool,
-        clip_range: float,
-    ) -> None:
-        r = ratio[mask].double()  # [k] the trained (non-padding) pairs
-        if not r.numel():
-            return
-        self.pairs += r.numel()
-        self.loss_sum += loss[mask].double().sum()
-        self.kl_sum += kl[mask].double().sum()
-        self.ratio_sum += r.sum()
-        self.clipped += ((r - 1).abs() > clip_range).sum()
-        self.ratio_min = torch.minimum(self.ratio_min, r.min())
-        self.ratio_max = torch.maximum(self.ratio_max, r.max())
-        if first_window:
-            self.first_dev = torch.maximum(self.first_dev, (r - 1).abs().max())
-
-    def summary(self, lr: float) -> dict[str, float]:
-        sums = dist.all_reduce(
-            torch.stack([self.pairs, self.loss_sum, self.kl_sum, self.ratio_sum, self.clipped])
-        )
-        pairs, loss, kl, ratio, clipped = sums.tolist()
-        ratio_min = dist.all_reduce(self.ratio_min, "min").item()
-        highs = torch.stack([self.ratio_max, self.first_dev, self.drift.double()])
-        ratio_max, first_dev, drift = dist.all_reduce(highs, "max").tolist()
-        return {
-            "loss": loss / pairs if pairs else 0.0,
-            "kl": kl / pairs if pairs else 0.0,
-            "ratio/mean": ratio / pairs if pairs else 1.0,
-            "ratio/min": ratio_min if pairs else 1.0,
-            "ratio/max": ratio_max if pairs else 1.0,
-            "ratio/first_step_max_dev": first_dev,
-            "clip_fraction": clipped / pairs if pairs else 0.0,
-            "grad_norm": sum(self.grad_norms) / max(len(self.grad_norms), 1),
-            "optimizer_steps": float(len(self.grad_norms)),
-            "trained_pairs": pairs,
-            "rollout_logprob_drift": drift,
-            "lr": lr,
-        }

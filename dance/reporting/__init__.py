@@ -1,0 +1,1 @@
+"""What a run reports: metrics logs, evaluation files, summary.json and plots."""
