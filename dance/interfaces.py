@@ -226,6 +226,13 @@ class Sampler(ABC):
     ) -> Schedule:
         """The schedule; ``num_steps`` defaults to the sampler config's number of steps."""
 
+    def for_iteration(self, iteration: int) -> Sampler:
+        """The sampler that rolls out training ``iteration`` (0-based): itself by default. A
+        sampler whose noisy steps change during training (MixGRPO's sliding SDE window) returns
+        a copy for that iteration and stays stateless: the result depends on ``iteration``
+        alone, so a resumed run gets the same sampler at the same iteration."""
+        return self
+
     def noisy_steps(self, schedule: Schedule) -> torch.Tensor:
         """Bool ``[N]``: the steps whose transition is random, so that it has a log-probability and
         can be trained. Every step of a stochastic sampler by default; a sampler that mixes SDE

@@ -116,6 +116,9 @@ class SamplerContract:
         x, v = self._inputs(LATENT_SHAPES[0])
         x_next, _ = self._inputs(LATENT_SHAPES[0], seed=9)
         v.requires_grad_(True)
-        k = torch.zeros(x.shape[0], dtype=torch.long)
+        # The first step that draws noise (an SDE window may start later; its ODE steps have
+        # no density).
+        first = int(sampler.noisy_steps(schedule).nonzero()[0])
+        k = torch.full((x.shape[0],), first, dtype=torch.long)
         sampler.step(v, x, k, schedule, next_latents=x_next).log_prob.sum().backward()
         assert v.grad is not None and torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0

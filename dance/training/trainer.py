@@ -244,7 +244,11 @@ class Trainer:
     @torch.no_grad()
     def rollout(self, prompts: list[Prompt], global_index: torch.Tensor, it: int) -> Rollout:
         """Sample ``[n]`` rows with the objective's sampling weights, keeping what it needs."""
-        cfg, sched = self.cfg, self.schedule
+        cfg = self.cfg
+        # This iteration's sampler (MixGRPO slides its SDE window with the iteration); the
+        # objective reads the trained steps from the rollout's sampler and schedule.
+        sampler = self.sampler.for_iteration(it)
+        sched = sampler.schedule(device=self.runtime.device)
         keep_trajectory = self.objective.keeps == "trajectory"
         n, steps = len(prompts), sched.num_steps
         cond = self.policy.encode(prompts)  # [n, ...]
@@ -260,7 +264,7 @@ class Trainer:
                 rows = slice(start, min(start + cfg.rollout_batch_size, n))
                 c = cond.select(torch.arange(rows.start, rows.stop))
                 sde_noise = self.sde_noise(global_index[rows], it)
-                sampling = denoise(self.policy, self.sampler, sched, noise[rows], c, sde_noise)
+                sampling = denoise(self.policy, sampler, sched, noise[rows], c, sde_noise)
                 if trajectory is not None and log_probs is not None:
                     trajectory[rows, 0] = noise[rows]
                 for k, out in enumerate(sampling):
@@ -269,7 +273,7 @@ class Trainer:
                         log_probs[rows, k] = out.log_prob  # [b]
                 samples[rows] = out.next_latents
                 reward_latents[rows] = out.x0 if cfg.reward_on == "last_x0" else out.next_latents
-        return Rollout(self.sampler, sched, cond, samples, reward_latents, trajectory, log_probs)
+        return Rollout(sampler, sched, cond, samples, reward_latents, trajectory, log_probs)
 
     # ---- reward -------------------------------------------------------------------------------
 

@@ -337,6 +337,75 @@ def test_only_the_sde_window_is_trained(registry, tmp_path):
     assert metrics["ratio/first_step_max_dev"] < 1e-5
 
 
+# MixGRPO's sliding window over 6 steps: a window of 2 that moves by 1 step every iteration and
+# restarts after its last start (step 4 = num_steps - 2): steps [0, 1], [1, 2], [2, 3], [3, 4],
+# [4] (the last step is never in it), then [0, 1] again.
+SLIDING = {
+    "name": "flow-sde",
+    "num_steps": 6,
+    "sde_window_size": 2,
+    "sde_window_schedule": "progressive",
+    "sde_window_shift_interval": 1,
+}
+SLIDING_STEPS = [[0, 1], [1, 2], [2, 3], [3, 4], [4], [0, 1]]
+
+
+def _spy_trained_steps(trainer) -> list[list[int]]:
+    """Record the steps the objective's transition is asked for; one list per iteration run."""
+    seen: list[list[int]] = []
+    real_transition, real_iteration = trainer.objective.transition, trainer.iteration
+
+    def transition(rollout, i, s):
+        seen[-1].extend(s.tolist())
+        return real_transition(rollout, i, s)
+
+    def iteration(it):
+        seen.append([])
+        return real_iteration(it)
+
+    trainer.objective.transition, trainer.iteration = transition, iteration
+    return seen
+
+
+def test_only_the_sliding_window_is_trained_at_each_iteration(registry, tmp_path):
+    trainer = make_trainer(
+        registry,
+        tmp_path,
+        {"iterations": 6, "timestep_fraction": 1.0, "old_log_probs": "rollout"},
+        sampler=SLIDING,
+    )
+    seen = _spy_trained_steps(trainer)
+    rollouts = []
+    real_rollout = trainer.rollout
+    trainer.rollout = lambda *a: rollouts.append(real_rollout(*a)) or rollouts[-1]
+    trainer.run()
+    assert [sorted(set(s)) for s in seen] == SLIDING_STEPS
+    assert [len(s) for s in seen] == [8 * len(w) for w in SLIDING_STEPS]  # every sample, step
+    for rollout, window in zip(rollouts, SLIDING_STEPS, strict=True):
+        noisy = rollout.sampler.noisy_steps(rollout.schedule)
+        assert torch.nonzero(noisy).squeeze(1).tolist() == window
+        # ODE steps outside the window: no density, nothing drawn.
+        outside = torch.ones(6, dtype=torch.bool)
+        outside[window] = False
+        assert (rollout.log_probs[:, outside] == 0).all()
+        assert (rollout.log_probs[:, window] != 0).all()
+    assert trainer.sampler.for_iteration(0) is not trainer.sampler  # the trainer's is unmoved
+
+
+def test_a_resumed_run_slides_from_the_window_of_its_iteration(registry, tmp_path):
+    options = {"timestep_fraction": 1.0, "old_log_probs": "rollout"}
+    straight = make_trainer(registry, tmp_path / "a", {"iterations": 5, **options}, sampler=SLIDING)
+    straight.run()
+    first = make_trainer(registry, tmp_path / "b", {"iterations": 3, **options}, sampler=SLIDING)
+    first.run()
+    resumed = make_trainer(registry, tmp_path / "b", {"iterations": 5, **options}, sampler=SLIDING)
+    seen = _spy_trained_steps(resumed)
+    resumed.run(resume=True)
+    assert [sorted(set(s)) for s in seen] == SLIDING_STEPS[3:5]
+    for a, b in zip(straight.params, resumed.params, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_a_window_on_the_last_step_alone_cannot_train(registry, tmp_path):
     from dance.errors import ConfigError
 

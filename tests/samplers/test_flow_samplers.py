@@ -391,10 +391,20 @@ def test_gradients_flow_to_the_model_output_only(name):
 
 def test_config_fields_defaults_and_validation():
     fields = {name: {f.name: f for f in describe(cls.config_class)} for name, cls in ALL.items()}
-    window = ["num_steps", "shift", "sde_window_start", "sde_window_size"]
-    assert list(fields["dance-sde"]) == [*window, "eta", "log_prob_reduction"]
-    assert list(fields["flow-sde"]) == [*window, "noise_level", "log_prob_reduction"]
-    assert list(fields["cps"]) == [*window, "noise_level", "log_prob_reduction"]
+    window = [
+        "num_steps",
+        "shift",
+        "log_prob_reduction",
+        "sde_window_start",
+        "sde_window_size",
+        "sde_window_schedule",
+        "sde_window_shift_interval",
+        "sde_window_stride",
+        "sde_window_at_end",
+    ]
+    assert list(fields["dance-sde"]) == [*window, "eta"]
+    assert list(fields["flow-sde"]) == [*window, "noise_level"]
+    assert list(fields["cps"]) == [*window, "noise_level"]
     assert list(fields["ode"]) == ["num_steps", "shift"]
     assert fields["dance-sde"]["eta"].default == 0.3
     assert fields["flow-sde"]["noise_level"].default == 0.7

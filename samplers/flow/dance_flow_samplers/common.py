@@ -10,15 +10,26 @@ Euler-Maruyama gives ``x' ~ N(x - D * (v + g^2 * e / (2 * s)), g^2 * D)``; ``g =
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from dance.config import option
 from dance.errors import ConfigError
-from dance.gaussian import draw_noise, gather_levels, gaussian_log_prob
+from dance.gaussian import (
+    draw_noise,
+    gather_levels,
+    gaussian_log_prob,
+    log_prob_reduction_option,
+)
 from dance.interfaces import Sampler, Schedule, StepOutput
 from dance_flow_samplers.schedule import flow_schedule
+from dance_flow_samplers.window import (
+    WINDOW_ENDS,
+    WINDOW_SCHEDULES,
+    last_window_start,
+    sliding_window,
+)
 
 
 @dataclass
@@ -35,17 +46,48 @@ class FlowScheduleConfig:
 
 @dataclass
 class SDEWindowConfig(FlowScheduleConfig):
-    """Schedule fields plus the SDE window of the stochastic flow samplers."""
+    """The fields of every stochastic flow sampler: the schedule, the log-probability's reduction
+    and the SDE window (see window.py)."""
 
+    log_prob_reduction: str = log_prob_reduction_option()
     sde_window_start: int = option(
-        0, "first step of the SDE window (0-based); with sde_window_size > 0 only", ge=0
+        0,
+        "first step of the SDE window (0-based); with sde_window_size > 0 only. With the "
+        "progressive schedule: where the window starts and restarts",
+        ge=0,
     )
     sde_window_size: int = option(
         0,
         "steps that draw noise, from sde_window_start on; every other step is a deterministic "
-        "Euler step with no log-probability and is not trained (MixGRPO / Flow-GRPO-Fast: 1 to 3 "
-        "early steps). 0 = every step is stochastic",
+        "Euler step with no log-probability and is not trained (MixGRPO: 4; Flow-GRPO-Fast: 1 "
+        "to 3 early steps). 0 = every step is stochastic",
         ge=0,
+    )
+    sde_window_schedule: str = option(
+        "fixed",
+        "fixed: the window stays on its steps; progressive: MixGRPO's sliding window, moved "
+        "along the steps during training (sde_window_shift_interval, sde_window_stride, "
+        "sde_window_at_end); evaluation never slides",
+        choices=WINDOW_SCHEDULES,
+    )
+    sde_window_shift_interval: int = option(
+        25,
+        "progressive only: training iterations between two moves of the window (MixGRPO's "
+        "shift interval tau: 25; 20 for MixGRPO-Flash)",
+        ge=1,
+    )
+    sde_window_stride: int = option(
+        1,
+        "progressive only: steps the window advances at each move (MixGRPO's window stride: "
+        "1); 0 keeps it at sde_window_start (MixGRPO-Flash*'s frozen window)",
+        ge=0,
+    )
+    sde_window_at_end: str = option(
+        "restart",
+        "progressive only: when the window would start past step num_steps - 2 (the last step "
+        "is never in it): restart = back to sde_window_start (MixGRPO's published runs), "
+        "hold = stay on num_steps - 2",
+        choices=WINDOW_ENDS,
     )
 
     def check(self) -> None:
@@ -53,6 +95,19 @@ class SDEWindowConfig(FlowScheduleConfig):
             raise ConfigError(
                 f"sampler.sde_window_start={self.sde_window_start} is past the last step "
                 f"({self.num_steps - 1}); pick a start below sampler.num_steps"
+            )
+        if self.sde_window_schedule != "progressive":
+            return
+        if self.sde_window_size < 1:
+            raise ConfigError(
+                "sampler.sde_window_schedule='progressive' slides a window of "
+                "sampler.sde_window_size steps; set sde_window_size >= 1 (MixGRPO: 4)"
+            )
+        if self.sde_window_start > last_window_start(self.num_steps):
+            raise ConfigError(
+                f"sampler.sde_window_start={self.sde_window_start}: a sliding window starts at "
+                f"most on step num_steps - 2 = {last_window_start(self.num_steps)} (the last "
+                "step is never in it); lower it or raise sampler.num_steps"
             )
 
 
@@ -132,20 +187,20 @@ class FlowSampler(Sampler):
         else:
             sample = mean + std * draw_noise(x, generator)
 
-        if self.stochastic:
-            log_prob = gaussian_log_prob(sample, mean, std, self.config.log_prob_reduction)
-        else:
-            log_prob = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
+        log_prob = self._log_prob(sample, mean, std)  # [B]
         return StepOutput(next_latents=sample, log_prob=log_prob, mean=mean, std=std, x0=x0)
 
+    def _log_prob(
+        self, sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+    ) -> torch.Tensor:
+        """Log-density ``[B]`` of ``sample``; 0 here (no density), see :class:`SDEWindowSampler`."""
+        return torch.zeros(sample.shape[0], device=sample.device, dtype=torch.float32)
+
     def _in_window(self, step_index: torch.Tensor) -> torch.Tensor | None:
-        """Bool ``[B]`` on ``step_index``'s device: whether each sample's step draws noise (see
-        SDEWindowConfig); None when every step does, so the default path adds no work."""
-        size = getattr(self.config, "sde_window_size", 0)
-        if not size:
-            return None
-        start = self.config.sde_window_start
-        return (step_index >= start) & (step_index < start + size)
+        """Bool ``[B]`` on ``step_index``'s device: whether each sample's step draws noise;
+        None when every step does (the default path adds no work). No window here: see
+        :class:`SDEWindowSampler`."""
+        return None
 
     def noisy_steps(self, schedule: Schedule) -> torch.Tensor:
         if not self.stochastic:
@@ -154,7 +209,58 @@ class FlowSampler(Sampler):
         return torch.ones(schedule.num_steps, dtype=torch.bool) if window is None else window
 
 
-class RectifiedFlowSDE(FlowSampler):
+class SDEWindowSampler(FlowSampler):
+    """A stochastic flow sampler with an SDE window (:class:`SDEWindowConfig`): SDE steps
+    inside, Euler ODE steps elsewhere; fixed, or sliding during training (MixGRPO)."""
+
+    config: SDEWindowConfig
+
+    def window(self, iteration: int = 0) -> tuple[int, int]:
+        """The SDE steps ``[first, stop)`` at training ``iteration``; ``(0, 0)`` when there is
+        no window (every step is stochastic). Not sliding: the same at every iteration."""
+        cfg = self.config
+        if not cfg.sde_window_size:
+            return 0, 0
+        if cfg.sde_window_schedule == "fixed":
+            return cfg.sde_window_start, cfg.sde_window_start + cfg.sde_window_size
+        return sliding_window(
+            iteration,
+            cfg.num_steps,
+            cfg.sde_window_start,
+            cfg.sde_window_size,
+            cfg.sde_window_shift_interval,
+            cfg.sde_window_stride,
+            cfg.sde_window_at_end,
+        )
+
+    def for_iteration(self, iteration: int) -> SDEWindowSampler:
+        """A fixed-window copy at the sliding window's place at ``iteration``; itself when the
+        window does not slide."""
+        if self.config.sde_window_schedule == "fixed":
+            return self
+        first, stop = self.window(iteration)
+        config = replace(
+            self.config,
+            sde_window_schedule="fixed",
+            sde_window_start=first,
+            sde_window_size=stop - first,
+        )
+        return type(self)(config, self.runtime)
+
+    def _log_prob(
+        self, sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+    ) -> torch.Tensor:
+        return gaussian_log_prob(sample, mean, std, self.config.log_prob_reduction)
+
+    def _in_window(self, step_index: torch.Tensor) -> torch.Tensor | None:
+        # An unmoved sliding sampler (no iteration given) samples with its first window.
+        first, stop = self.window(0)
+        if stop == first:
+            return None
+        return (step_index >= first) & (step_index < stop)
+
+
+class RectifiedFlowSDE(SDEWindowSampler):
     """The rectified-flow SDE family: variants differ only in the diffusion coefficient ``g``."""
 
     @abstractmethod

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from dance.config import option
-from dance.gaussian import log_prob_reduction_option
-from dance_flow_samplers.common import FlowSampler, SDEWindowConfig
+from dance_flow_samplers.common import SDEWindowConfig, SDEWindowSampler
 
 
 @dataclass
@@ -30,10 +29,9 @@ class CPSConfig(SDEWindowConfig):
         ge=0,
         le=1,
     )
-    log_prob_reduction: str = log_prob_reduction_option()
 
 
-class CPSSampler(FlowSampler):
+class CPSSampler(SDEWindowSampler):
     """Coefficients-preserving stochastic step (Flow-GRPO's ``cps``)."""
 
     name = "cps"

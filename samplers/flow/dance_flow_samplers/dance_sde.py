@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 from dance.config import option
-from dance.gaussian import log_prob_reduction_option
 from dance_flow_samplers.common import RectifiedFlowSDE, SDEWindowConfig
 
 
@@ -22,7 +21,6 @@ class DanceSDEConfig(SDEWindowConfig):
     eta: float = option(
         0.3, "constant noise scale g (DanceGRPO: FLUX 0.3, HunyuanVideo 0.25); 0 is Euler", ge=0
     )
-    log_prob_reduction: str = log_prob_reduction_option()
 
 
 class DanceSDESampler(RectifiedFlowSDE):

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 
 from dance.config import option
-from dance.gaussian import log_prob_reduction_option
 from dance_flow_samplers.common import RectifiedFlowSDE, SDEWindowConfig
 
 
@@ -23,7 +22,6 @@ class FlowSDEConfig(SDEWindowConfig):
     noise_level: float = option(
         0.7, "noise scale a in g = a * sqrt(s / (1 - s)) (Flow-GRPO default 0.7); 0 is Euler", ge=0
     )
-    log_prob_reduction: str = log_prob_reduction_option()
 
 
 class FlowSDESampler(RectifiedFlowSDE):
