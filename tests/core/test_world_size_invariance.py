@@ -2,9 +2,9 @@
 
 Same rewards, advantages, trained samples and (sample, step) pairs, logged metrics, sample grid,
 evaluation, and final weights within float reduction order (1e-5 relative): for a LoRA, a full
-fine-tune of the tiny FLUX, a group split across ranks, Best-of-N, an excluded group, and a sample
-count that does not divide by the number of processes (with 3 processes, one holding padding rows
-only). The two-process runs share one launch.
+fine-tune of the tiny FLUX, a group split across ranks, Best-of-N, an excluded group, MixGRPO's
+sliding SDE window, and a sample count that does not divide by the number of processes (with 3
+processes, one holding padding rows only). The two-process runs share one launch.
 """
 
 from __future__ import annotations
@@ -84,6 +84,20 @@ SCENARIOS = {
             "micro_batch_size": 3,
             "gradient_accumulation_steps": 3,
         },
+    },
+    # MixGRPO's sliding SDE window: steps 0-1 in iteration 0, steps 1-2 in iteration 1.
+    "sliding_window": {
+        "policy": {"name": "toy-flow"},
+        "sampler": {
+            "name": "flow-sde",
+            "num_steps": 5,
+            "sde_window_schedule": "progressive",
+            "sde_window_size": 2,
+            "sde_window_shift_interval": 1,
+        },
+        "rewards": [{"name": "brightness"}],
+        "trainer": {"prompts_per_iteration": 3, "group_size": 4, "micro_batch_size": 4},
+        "objective": {"timestep_fraction": 1.0},
     },
     "odd": {  # 3 samples over 2 processes: rank 1 holds one sample and one padding row
         **TOY,
