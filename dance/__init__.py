@@ -8,14 +8,18 @@ from dance.hookspecs import hookimpl  # noqa: E402 - after going offline
 from dance.interfaces import (  # noqa: E402 - after going offline
     Advantage,
     Conditioning,
+    Objective,
     Policy,
     Prompt,
     Reward,
     RewardOutput,
+    Rollout,
     Runtime,
     Sampler,
     Schedule,
     StepOutput,
+    TrainBatch,
+    TrainingContext,
 )
 
 __version__ = "0.1.0"
@@ -23,13 +27,17 @@ __version__ = "0.1.0"
 __all__ = [
     "Advantage",
     "Conditioning",
+    "Objective",
     "Policy",
     "Prompt",
     "Reward",
     "RewardOutput",
+    "Rollout",
     "Runtime",
     "Sampler",
     "Schedule",
     "StepOutput",
+    "TrainBatch",
+    "TrainingContext",
     "hookimpl",
 ]

@@ -62,6 +62,7 @@ def _raw_recipe(
     sampler: str | None,
     rewards: list[str] | None,
     overrides: list[str] | None,
+    objective: str | None = None,
 ) -> dict[str, Any]:
     from dance.recipe import apply_override, parse_reward_arg, read_recipe
 
@@ -76,6 +77,10 @@ def _raw_recipe(
         raw["sampler"] = {"name": sampler}  # the recipe's options were for another sampler
     if rewards:
         raw["rewards"] = [parse_reward_arg(r) for r in rewards]
+    if objective and raw.get("objective", {}).get("name", "grpo") != objective:
+        raw["objective"] = {"name": objective}  # the recipe's options were for another objective
+    elif objective:
+        raw.setdefault("objective", {})["name"] = objective
     for assignment in overrides or []:
         apply_override(raw, assignment)
     return raw
@@ -95,6 +100,10 @@ def run(
     reward: Annotated[
         list[str] | None,
         typer.Option(help="NAME[.COMPONENT][:WEIGHT]; repeat for several rewards"),
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option(help="training objective: grpo (default), nft, ... (see `dance plugins`)"),
     ] = None,
     output_dir: Annotated[
         Path | None,
@@ -116,7 +125,7 @@ def run(
     ] = True,
     threads: Threads = None,
 ) -> None:
-    """Train a policy with GRPO against one or more rewards."""
+    """Train a policy against one or more rewards (GRPO by default, or another --objective)."""
     from dance.data import read_prompts
     from dance.files import check_writable_dir
     from dance.recipe import resolve
@@ -149,7 +158,7 @@ def run(
     if recipe is None and policy is None:
         _check_demo_options(model, sampler, reward)
         recipe = DEFAULT_RECIPE  # `dance run` alone: the bundled demo
-    raw = _raw_recipe(recipe, policy, model, sampler, reward, overrides)
+    raw = _raw_recipe(recipe, policy, model, sampler, reward, overrides, objective)
     resolved = resolve(raw, registry)
     # Files and folders the run needs are checked before minutes of model loading.
     read_prompts(resolved.trainer.prompts)  # "" reads the bundled list
@@ -432,8 +441,10 @@ def plugins(
         comps = []
         for kind, name in info.components:
             entry: dict[str, Any] = {"kind": kind, "name": name}
+            cls = registry.components[kind][name].cls
+            if kind == "objective":  # what it trains on, and with which samplers
+                entry["note"] = f"  (keeps {cls.keeps}; {cls.sampler_requirement})"
             if options:
-                cls = registry.components[kind][name].cls
                 entry["options"] = [
                     {"name": f.name, "type": f.type, "default": f.default, "help": f.help}
                     for f in describe(cls.config_class)
@@ -457,7 +468,7 @@ def plugins(
         status = "loaded" if row["loaded"] else f"FAILED: {row['error']}"
         typer.echo(f"{row['name']}  [{dist}]  {status}")
         for comp in row["registers"]:
-            typer.echo(f"    {comp['kind']:<9} {comp['name']}")
+            typer.echo(f"    {comp['kind']:<9} {comp['name']}{comp.get('note', '')}")
             for opt in comp.get("options", []):
                 typer.echo(
                     f"        {opt['name']} ({opt['type']}) = {opt['default']!r}: {opt['help']}"

@@ -63,8 +63,18 @@ def test_dance_run_without_arguments_runs_the_demo(tmp_path, capsys):
     for name in ("reward_curve.png", "eval_grid.png", "config.toml", "metrics.jsonl"):
         assert (out_dir / name).is_file(), name
     assert "reward_mean" in out and "success_rate" in out and "eval_grid.png" in out
+    # The default objective (grpo) is the GRPO loop as it was before objectives became plugins:
+    # the same metrics and held-out figures, bit for bit (the fixture says how it was made).
+    reference = json.loads((FIXTURES / "demo_before_objectives" / "short.json").read_text())
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == len(reference["metrics"])
+    for row, expected in zip(rows, reference["metrics"], strict=True):
+        assert {k: v for k, v in row.items() if k in expected} == expected
+    assert summary["eval_before"] == reference["eval_before"]
+    assert summary["eval_after"] == reference["eval_after"]
 
 
+FIXTURES = Path(__file__).parents[2] / "fixtures"
 SHORT = ["trainer.iterations=2", "evaluation.seeds=1"]
 
 # The gain check runs the demo recipe exactly as `dance run` does: since the recipe was made cheaper

@@ -12,7 +12,7 @@ import torch
 
 import dance
 from dance.cli import main
-from dance.recipe import resolve
+from dance.recipe import MOVED_TO_OBJECTIVE, resolve
 from dance.registry import get_registry, reset_registry
 from dance.training.trainer import Trainer
 
@@ -24,6 +24,8 @@ def flux_trainer(tiny_flux, tmp_path, **trainer):
         "policy": {"name": "flux", "model": str(tiny_flux), **SMALL},
         "sampler": {"name": "dance-sde", "num_steps": 4},
         "rewards": [{"name": "jpeg-compressibility"}],
+        # GRPO's own settings go to [objective]
+        "objective": {k: trainer.pop(k) for k in MOVED_TO_OBJECTIVE if k in trainer},
         "trainer": {"prompts_per_iteration": 2, "group_size": 3, **trainer},
     }
     reset_registry()

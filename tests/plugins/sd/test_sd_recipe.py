@@ -55,7 +55,7 @@ class _StandIns:
 def registry(monkeypatch: pytest.MonkeyPatch):
     from dance.registry import load_registry
 
-    monkeypatch.setenv("DANCE_PLUGINS", "sd,ddim,advantages")
+    monkeypatch.setenv("DANCE_PLUGINS", "sd,ddim,advantages,objectives")
     return load_registry(extra={"stand-in-rewards": _StandIns()})
 
 
@@ -71,9 +71,10 @@ def test_recipe_has_dancegrpos_sd_settings(registry, tiny_sd: Path) -> None:
     assert recipe.sampler_options["num_steps"] == 50 and recipe.sampler_options["eta"] == 1.0
     assert recipe.sampler_options["beta_schedule"] == "scaled_linear"
     assert [(r.name, r.weight) for r in recipe.rewards] == [("hps", 0.7), ("clip-score", 1.4)]
-    t = recipe.trainer
-    assert (t.group_size, t.prompts_per_iteration, t.timestep_fraction) == (16, 32, 1.0)
-    assert (t.clip_range, t.learning_rate, t.max_grad_norm) == (1e-4, 1e-5, 1.0)
+    t, o = recipe.trainer, recipe.objective_options
+    assert recipe.objective == "grpo"
+    assert (t.group_size, t.prompts_per_iteration, o["timestep_fraction"]) == (16, 32, 1.0)
+    assert (o["clip_range"], t.learning_rate, t.max_grad_norm) == (1e-4, 1e-5, 1.0)
     assert recipe.advantage_options["clip"] == 5.0
 
 
