@@ -85,12 +85,14 @@ SCENARIOS = {
             "gradient_accumulation_steps": 3,
         },
     },
-    # MixGRPO's sliding SDE window: steps 0-1 in iteration 0, steps 1-2 in iteration 1.
+    # MixGRPO's sliding SDE window: steps 2-3 in iteration 0, step 3 in iteration 1 (the window
+    # is cut before the last step).
     "sliding_window": {
         "policy": {"name": "toy-flow"},
         "sampler": {
             "name": "flow-sde",
             "num_steps": 5,
+            "sde_window_start": 2,
             "sde_window_schedule": "progressive",
             "sde_window_size": 2,
             "sde_window_shift_interval": 1,
@@ -271,6 +273,8 @@ def test_scenarios_exercise_what_they_claim(runs):
     )
     assert sum(m["excluded_samples"] for m in excluded) >= 4  # the NaN prompt was drawn
     assert len(one["odd"]["advantages"][0]) == 3
+    sliding = one["sliding_window"]["metrics"]
+    assert [m["trained_pairs"] for m in sliding] == [12 * 2, 12 * 1]
 
 
 @pytest.mark.parametrize("name, processes", [("lora", 2), ("padding_rank", 3)])
