@@ -183,14 +183,17 @@ def test_options_off_give_todays_loss(registry, tmp_path):
 
 
 @pytest.mark.parametrize("old_log_probs", ["recompute", "rollout"])
-@pytest.mark.parametrize("reweight", [False, True])
-def test_guarded_loss_matches_its_closed_form(registry, tmp_path, old_log_probs, reweight):
-    # Independently of log-densities: r_hat = exp(mean_e(eps * dmu)), eps = (x' - mu_old) / s,
-    # times 1 / dt of the step with the reweighting; the PPO clip as usual.
+@pytest.mark.parametrize(
+    "ratio_norm, reweight", [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_loss_matches_its_closed_form(registry, tmp_path, old_log_probs, ratio_norm, reweight):
+    # Today's ratio exp(log p - log p_old) from torch.distributions' densities, or RatioNorm's
+    # exp(mean_e(eps * dmu)) with eps = (x' - mu_old) / s (no log-density at all); times 1 / dt of
+    # the step with the reweighting; the PPO clip as usual.
     trainer = _trainer(
         registry,
         tmp_path,
-        ratio_norm=True,
+        ratio_norm=ratio_norm,
         gradient_reweight=reweight,
         old_log_probs=old_log_probs,
     )
@@ -202,8 +205,17 @@ def test_guarded_loss_matches_its_closed_form(registry, tmp_path, old_log_probs,
             new = trainer.objective.transition(rollout, batch.rows, batch.units)
         x_next = rollout.trajectory[batch.rows, batch.units + 1].double()
         s = old.std.double()
-        eps = (x_next - old.mean.double()) / s
-        ratio = torch.exp((eps * (new.mean.double() - old.mean.double())).flatten(1).mean(1))
+        if ratio_norm:
+            eps = (x_next - old.mean.double()) / s
+            log_ratio = (eps * (new.mean.double() - old.mean.double())).flatten(1).mean(1)
+        else:
+            new_lp = _gaussian_log_prob(x_next, new.mean, new.std, "mean")
+            if old_log_probs == "rollout":
+                old_lp = rollout.log_probs[batch.rows, batch.units].double()
+            else:
+                old_lp = _gaussian_log_prob(x_next, old.mean, old.std, "mean")
+            log_ratio = new_lp - old_lp
+        ratio = torch.exp(log_ratio)
         a = batch.advantages.double()
         per_pair = torch.maximum(-a * ratio, -a * ratio.clamp(1 - clip, 1 + clip))
         if reweight:
@@ -217,7 +229,7 @@ def test_guarded_loss_matches_its_closed_form(registry, tmp_path, old_log_probs,
     for got, want in zip(seen["loss"], seen["want"], strict=True):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)
     assert metrics["ratio/first_step_max_dev"] < 1e-6
-    assert metrics["ratio/max"] > 1  # the policy moved, and the normalised ratio with it
+    assert metrics["ratio/max"] > 1  # the policy moved, and the ratio with it
 
 
 def test_gradient_reweighting_needs_a_flow_sampler(registry):
