@@ -8,6 +8,10 @@ For each trained (sample i, step k) pair, with the stored transition x_k -> x_{k
 where A_i is the sample's advantage, eps ``clip_range``, and KL the closed form between the current
 and the frozen reference model's Gaussian transitions (flow_grpo's ``kl_loss``). The rollout keeps
 every latent and each transition's log-probability; a unit is a sampling step.
+
+GRPO-Guard (arXiv 2510.22319) is two options, off by default: ``ratio_norm`` clips RatioNorm's
+normalised ratio instead of ``ratio``, ``gradient_reweight`` multiplies the clipped term by 1 / dt
+of the step (the formulas are in :mod:`dance.objectives.guard`).
 """
 
 from __future__ import annotations
