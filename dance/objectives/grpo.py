@@ -8,6 +8,10 @@ For each trained (sample i, step k) pair, with the stored transition x_k -> x_{k
 where A_i is the sample's advantage, eps ``clip_range``, and KL the closed form between the current
 and the frozen reference model's Gaussian transitions (flow_grpo's ``kl_loss``). The rollout keeps
 every latent and each transition's log-probability; a unit is a sampling step.
+
+GRPO-Guard (arXiv 2510.22319) is two options, off by default: ``ratio_norm`` clips RatioNorm's
+normalised ratio instead of ``ratio``, ``gradient_reweight`` multiplies the clipped term by 1 / dt
+of the step (the formulas are in :mod:`dance.objectives.guard`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dance.interfaces import (
     StepOutput,
     TrainBatch,
 )
+from dance.objectives.guard import normalized_log_ratio, step_weights
 
 
 @dataclass
@@ -47,6 +52,24 @@ class GRPOConfig:
         "training numerics agree)",
         choices=("recompute", "rollout"),
     )
+    ratio_norm: bool = option(
+        False,
+        "GRPO-Guard's RatioNorm (arXiv 2510.22319): clip the normalised ratio "
+        "exp(s * (log r + ||mu - mu_old||^2 / (2 s^2))), s the step's std, centred on 1 at every "
+        "step, instead of exp(log r); needs the old policy's means, so the old log-probs and "
+        "means are recomputed in the training layout whatever old_log_probs says",
+    )
+    gradient_reweight: bool = option(
+        False,
+        "GRPO-Guard's gradient reweighting (arXiv 2510.22319, flow matching): multiply each "
+        "pair's clipped policy term by 1 / dt, dt = sigma_k - sigma_{k+1} of its step, so every "
+        "noise level moves the weights alike (flow samplers only)",
+    )
+
+    def recompute_old(self) -> bool:
+        """Whether the old log-probs (and, for RatioNorm, means) are recomputed before the first
+        optimizer step rather than read from the rollout."""
+        return self.old_log_probs == "recompute" or self.ratio_norm
 
 
 class GRPOObjective(Objective):
@@ -59,7 +82,9 @@ class GRPOObjective(Objective):
 
     def __init__(self, config: GRPOConfig, runtime: Any) -> None:
         super().__init__(config, runtime)
+        # (window, micro-batch) -> old log-probs [m] and, with RatioNorm, old means [m, *L]
         self._old: dict[tuple[int, int], torch.Tensor] = {}
+        self._old_mean: dict[tuple[int, int], torch.Tensor] = {}
         self._stats = _Stats(runtime.device)
 
     @classmethod
@@ -71,6 +96,12 @@ class GRPOObjective(Objective):
                 f"sampler '{sampler_cls.name}' is deterministic and has no transition density to "
                 "train with; choose a stochastic sampler (e.g. dance-sde), or an objective that "
                 "trains on final samples (objective.name=nft)."
+            )
+        if config.gradient_reweight and "flow" not in sampler_cls.prediction_types:
+            raise ConfigError(
+                f"objective.gradient_reweight=true weights steps by 1 / dt of a flow schedule's "
+                f"sigmas; sampler '{sampler_cls.name}' is not a flow sampler: choose one (e.g. "
+                "flow-sde) or set objective.gradient_reweight=false"
             )
         sampler = sampler_cls(sampler_config, Runtime())  # stateless and cheap: check it now
         _trainable_steps(sampler, sampler.schedule(), config.train_last_step)
@@ -85,18 +116,22 @@ class GRPOObjective(Objective):
     # ---- the update ---------------------------------------------------------------------------
 
     def begin_update(self, rollout: Rollout, batches: list[list[TrainBatch]]) -> None:
-        """Old log-probs in the training layout (see GRPOConfig.old_log_probs). In the first
-        optimizer step no weight has changed yet, so the forward of the update gives them."""
-        self._old = {}
-        if self.config.old_log_probs != "recompute":
+        """Old log-probs (and means) in the training layout (see GRPOConfig.old_log_probs and
+        ratio_norm). In the first optimizer step no weight has changed yet, so the forward of the
+        update gives them."""
+        self._old, self._old_mean = {}, {}
+        if not self.config.recompute_old():
             return
         assert rollout.log_probs is not None
         drift = self._stats.drift
         with torch.no_grad():
             for step_batches in batches[1:]:
                 for b in step_batches:
-                    old = self.transition(rollout, b.rows, b.units).log_prob  # [m]
+                    out = self.transition(rollout, b.rows, b.units)
+                    old = out.log_prob  # [m]
                     self._old[b.window, b.index] = old
+                    if self.config.ratio_norm:
+                        self._old_mean[b.window, b.index] = out.mean  # [m, *L]
                     diff = (old - rollout.log_probs[b.rows, b.units]).abs()[b.weight]
                     if diff.numel():
                         drift = torch.maximum(drift, diff.max())
@@ -109,7 +144,7 @@ class GRPOObjective(Objective):
         out = self.transition(rollout, i, s)
         new_lp = out.log_prob  # [m]
         kl = self._kl(rollout, i, s, out) if cfg.kl_coef > 0 else torch.zeros_like(new_lp)
-        if cfg.old_log_probs == "rollout":
+        if not cfg.recompute_old():
             old_lp = rollout.log_probs[i, s]  # [m]
         elif batch.window == 0:
             old_lp = new_lp.detach()
@@ -119,10 +154,15 @@ class GRPOObjective(Objective):
             first_dev = (new_lp.detach() - rollout.log_probs[i, s]).abs()[weight]
             if first_dev.numel():
                 self._stats.drift = torch.maximum(self._stats.drift, first_dev.max())
-        ratio = torch.exp(new_lp - old_lp)  # [m]
+        if cfg.ratio_norm:
+            ratio = torch.exp(self._normalized_log_ratio(rollout, batch, out, old_lp))  # [m]
+        else:
+            ratio = torch.exp(new_lp - old_lp)  # [m]
         a = batch.advantages  # [m]
         clipped = torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
         policy_loss = torch.maximum(-a * ratio, -a * clipped)  # [m]
+        if cfg.gradient_reweight:  # GRPO-Guard: delta_t * the clipped term (not the KL)
+            policy_loss = policy_loss * step_weights(rollout.schedule, s)
         self._stats.add_pairs(
             ratio.detach(),
             weight,
@@ -132,6 +172,21 @@ class GRPOObjective(Objective):
             cfg.clip_range,
         )
         return policy_loss + cfg.kl_coef * kl
+
+    def _normalized_log_ratio(
+        self, rollout: Rollout, batch: TrainBatch, out: StepOutput, old_lp: torch.Tensor
+    ) -> torch.Tensor:
+        """GRPO-Guard's RatioNorm log-ratio ``[m]`` against the old policy's means: in the first
+        optimizer step the current ones (no weight changed yet), later those recomputed in
+        :meth:`begin_update`."""
+        if batch.window == 0:
+            old_mean = out.mean.detach()  # [m, *L]
+        else:
+            old_mean = self._old_mean[batch.window, batch.index]
+        # Samplers built on dance.gaussian reduce the log-density as their config says; the
+        # drift's reduction must match it for the bias to cancel the one in log r.
+        reduction = getattr(rollout.sampler.config, "log_prob_reduction", "mean")
+        return normalized_log_ratio(out.log_prob, old_lp, out.mean, old_mean, out.std, reduction)
 
     def transition(self, rollout: Rollout, i: torch.Tensor, s: torch.Tensor) -> StepOutput:
         """Recompute the stored transitions x_s -> x_{s+1} of rows ``i [m]`` under the current

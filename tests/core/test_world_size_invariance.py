@@ -3,8 +3,8 @@
 Same rewards, advantages, trained samples and (sample, step) pairs, logged metrics, sample grid,
 evaluation, and final weights within float reduction order (1e-5 relative): for a LoRA, a full
 fine-tune of the tiny FLUX, a group split across ranks, Best-of-N, an excluded group, MixGRPO's
-sliding SDE window, and a sample count that does not divide by the number of processes (with 3
-processes, one holding padding rows only). The two-process runs share one launch.
+sliding SDE window, GRPO-Guard's options, and a sample count that does not divide by the number of
+processes (with 3 processes, one holding padding rows only). The two-process runs share one launch.
 """
 
 from __future__ import annotations
@@ -113,6 +113,19 @@ SCENARIOS = {
         "rewards": [{"name": "brightness"}],
         "trainer": {"prompts_per_iteration": 2, "group_size": 2, "micro_batch_size": 2},
         "evaluation": {"prompts": "PROMPTS", "seeds": 1, "num_steps": 2},
+    },
+    # GRPO-Guard (RatioNorm + gradient reweighting): old means recomputed per micro-batch,
+    # several optimizer steps so that the normalised ratio moves off 1; a group split over ranks.
+    "grpo_guard": {
+        **TOY,
+        "rewards": [{"name": "brightness"}],
+        "trainer": {
+            "prompts_per_iteration": 3,
+            "group_size": 4,
+            "micro_batch_size": 3,
+            "gradient_accumulation_steps": 2,
+        },
+        "objective": {"ratio_norm": True, "gradient_reweight": True, "clip_range": 0.05},
     },
     "flux_full": {
         "policy": {
