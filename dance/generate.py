@@ -62,20 +62,27 @@ def denoise(
     noisy = sampler.noisy_steps(schedule).cpu()  # [N] bool
     stochastic = sampler.stochastic and not deterministic and bool(noisy.any())
     last_dedup = int(noisy.nonzero()[0]) if stochastic else -1
+    multistep = sampler.uses_previous_step()
+    out: StepOutput | None = None
     for k in range(schedule.num_steps):
         t = schedule.timesteps[k].expand(b)  # [b]
         k_idx = torch.full((b,), k, dtype=torch.long, device=x.device)
+        # A multistep solver (DPM-Solver++(2M) after MixGRPO-Flash's window) also reads the step
+        # before's output; every other sampler's step is a function of this step alone.
+        extra = {"previous": out} if multistep and k > 0 else {}
         predict = predict_distinct if k <= last_dedup else _predict
         v = predict(policy, x, t, cond)  # [b, *L]
         if batch_noise is not None and sampler.stochastic and not deterministic:
             every = x.new_empty((batch_noise.total, *x.shape[1:]))  # [total, *L]
             z = draw_noise(every, shared_gen)[batch_noise.local_rows().to(x.device)]  # [b, *L]
-            out = step_with_noise(sampler, v, x, k_idx, schedule, z)
+            out = step_with_noise(sampler, v, x, k_idx, schedule, z, **extra)
         elif per_sample and sampler.stochastic and not deterministic:
-            out = step_per_sample(sampler, v, x, k_idx, schedule, generator)  # type: ignore[arg-type]
+            out = step_per_sample(sampler, v, x, k_idx, schedule, generator, **extra)  # type: ignore[arg-type]
         else:
             shared = None if per_sample else generator
-            out = sampler.step(v, x, k_idx, schedule, generator=shared, deterministic=deterministic)
+            out = sampler.step(
+                v, x, k_idx, schedule, generator=shared, deterministic=deterministic, **extra
+            )
         x = out.next_latents
         yield out
 
@@ -87,6 +94,7 @@ def step_per_sample(
     step_index: torch.Tensor,
     schedule: Schedule,
     generators: Sequence[torch.Generator],
+    **extra: Any,
 ) -> StepOutput:
     """A stochastic step ``x_next = mean + std * z`` whose noise ``z`` of sample ``i`` comes
     from ``generators[i]``, through the sampler contract alone: the deterministic step gives the
@@ -95,7 +103,7 @@ def step_per_sample(
     noise = torch.cat(
         [draw_noise(latents[i : i + 1], g) for i, g in enumerate(generators)]
     )  # [b, *L] fp32
-    return step_with_noise(sampler, model_output, latents, step_index, schedule, noise)
+    return step_with_noise(sampler, model_output, latents, step_index, schedule, noise, **extra)
 
 
 def step_with_noise(
@@ -105,14 +113,17 @@ def step_with_noise(
     step_index: torch.Tensor,
     schedule: Schedule,
     noise: torch.Tensor,
+    **extra: Any,
 ) -> StepOutput:
     """The stochastic step ``x_next = mean + std * noise`` for given standard normal ``noise``
     ``[b, *L]`` (fp32), through the sampler contract alone: the deterministic step gives the
     Gaussian's mean and std, and the step given ``next_latents`` its log-probability. The same
     arithmetic as the sampler's own draw, so the result is the sampler's for that noise."""
-    gaussian = sampler.step(model_output, latents, step_index, schedule, deterministic=True)
+    gaussian = sampler.step(
+        model_output, latents, step_index, schedule, deterministic=True, **extra
+    )
     sample = gaussian.mean + gaussian.std * noise
-    return sampler.step(model_output, latents, step_index, schedule, next_latents=sample)
+    return sampler.step(model_output, latents, step_index, schedule, next_latents=sample, **extra)
 
 
 @dataclass(frozen=True)

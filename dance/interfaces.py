@@ -254,7 +254,16 @@ class Sampler(ABC):
 
         With ``next_latents`` given, no noise is drawn: the log-probability of that stored
         transition is computed (training). ``deterministic`` takes the noise-free mean (evaluation).
+        A sampler whose :meth:`uses_previous_step` is True also takes ``previous``: the
+        :class:`StepOutput` of the step before (None at the first step).
         """
+
+    def uses_previous_step(self) -> bool:
+        """Whether :meth:`step` reads the step before's output (``previous=``): multistep ODE
+        solvers such as DPM-Solver++(2M). The sampling loop then passes it. Such steps must be
+        deterministic (log-probability 0), so training, which recomputes one stored transition
+        at a time, never needs it."""
+        return False
 
 
 RewardOutput = dict[str, torch.Tensor]

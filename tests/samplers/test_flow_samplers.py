@@ -401,6 +401,8 @@ def test_config_fields_defaults_and_validation():
         "sde_window_shift_interval",
         "sde_window_stride",
         "sde_window_at_end",
+        "ode_solver_after_window",
+        "ode_steps_after_window",
     ]
     assert list(fields["dance-sde"]) == [*window, "eta"]
     assert list(fields["flow-sde"]) == [*window, "noise_level"]

@@ -23,6 +23,11 @@ from dance.gaussian import (
     log_prob_reduction_option,
 )
 from dance.interfaces import Sampler, Schedule, StepOutput
+from dance_flow_samplers.flash import (
+    ODE_SOLVERS,
+    compressed_tail_sigmas,
+    dpm_solver_2m_mean,
+)
 from dance_flow_samplers.schedule import flow_schedule
 from dance_flow_samplers.window import (
     WINDOW_ENDS,
@@ -89,8 +94,27 @@ class SDEWindowConfig(FlowScheduleConfig):
         "hold = stay on num_steps - 2",
         choices=WINDOW_ENDS,
     )
+    ode_solver_after_window: str = option(
+        "euler",
+        "solver of the ODE steps after the SDE window: euler, or dpmsolver++2m (second-order "
+        "multistep DPM-Solver++, MixGRPO-Flash); the steps before the window stay Euler",
+        choices=ODE_SOLVERS,
+    )
+    ode_steps_after_window: float = option(
+        1.0,
+        "share of the steps after the SDE window kept, spread evenly over the same sigma "
+        "range (MixGRPO-Flash compresses them to 0.4); 1 = all of them",
+        gt=0,
+        le=1,
+    )
 
     def check(self) -> None:
+        flash = self.ode_solver_after_window != "euler" or self.ode_steps_after_window < 1
+        if flash and not self.sde_window_size:
+            raise ConfigError(
+                "sampler.ode_solver_after_window and sampler.ode_steps_after_window act on the "
+                "steps after the SDE window; set sampler.sde_window_size >= 1 (MixGRPO-Flash: 4)"
+            )
         if self.sde_window_size and self.sde_window_start >= self.num_steps:
             raise ConfigError(
                 f"sampler.sde_window_start={self.sde_window_start} is past the last step "
@@ -161,6 +185,7 @@ class FlowSampler(Sampler):
         next_latents: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         deterministic: bool = False,
+        previous: StepOutput | None = None,
     ) -> StepOutput:
         """One step per sample from ``step_index [B]``; see :meth:`dance.interfaces.Sampler.step`.
 
@@ -179,6 +204,13 @@ class FlowSampler(Sampler):
             mask = window.view((-1,) + (1,) * (x.ndim - 1))
             mean = torch.where(mask, mean, x - (s - s_next) * v)
             std = torch.where(mask, std, torch.zeros_like(std))
+        if previous is not None and self.uses_previous_step():
+            # After the window: DPM-Solver++(2M) from this step's and the step before's x0.
+            k = step_index.to(x.device)
+            s_prev, _ = gather_levels(levels, (k - 1).clamp(min=0), x.ndim)
+            tail = (k >= self._window_stop()).view((-1,) + (1,) * (x.ndim - 1))
+            multistep = dpm_solver_2m_mean(x, x0, previous.x0.float(), s_prev, s, s_next)
+            mean = torch.where(tail, multistep, mean)
 
         if next_latents is not None:
             sample = next_latents.float()
@@ -189,6 +221,10 @@ class FlowSampler(Sampler):
 
         log_prob = self._log_prob(sample, mean, std)  # [B]
         return StepOutput(next_latents=sample, log_prob=log_prob, mean=mean, std=std, x0=x0)
+
+    def _window_stop(self) -> int:
+        """The first step after the SDE window; no window here."""
+        return 0
 
     def _log_prob(
         self, sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
@@ -214,6 +250,30 @@ class SDEWindowSampler(FlowSampler):
     inside, Euler ODE steps elsewhere; fixed, or sliding during training (MixGRPO)."""
 
     config: SDEWindowConfig
+
+    def schedule(
+        self, num_steps: int | None = None, device: torch.device | None = None
+    ) -> Schedule:
+        """The shifted schedule; with ``ode_steps_after_window < 1`` the steps after the window
+        are fewer (MixGRPO-Flash). Another ``num_steps`` than the config's is never compressed:
+        the window is placed on the config's steps."""
+        full = super().schedule(num_steps, device)
+        first, stop = self.window(0)
+        if num_steps not in (None, self.config.num_steps) or stop == first:
+            return full
+        if self.config.ode_steps_after_window >= 1:
+            return full
+        tail = compressed_tail_sigmas(
+            self.config.num_steps, self.config.shift, stop, self.config.ode_steps_after_window
+        ).to(full.levels.device)
+        levels = torch.cat([full.levels[:stop], tail])  # [stop + M]
+        return Schedule(timesteps=levels[:-1], levels=levels)
+
+    def uses_previous_step(self) -> bool:
+        return self.config.ode_solver_after_window != "euler" and bool(self.config.sde_window_size)
+
+    def _window_stop(self) -> int:
+        return self.window(0)[1]
 
     def window(self, iteration: int = 0) -> tuple[int, int]:
         """The SDE steps ``[first, stop)`` at training ``iteration``; ``(0, 0)`` when there is
