@@ -106,3 +106,11 @@ def test_the_demo_run_clearly_improves_the_held_out_evaluation(tmp_path, capsys)
     change = summary["eval_change"]["reward"]
     assert change["images_better"] >= 2 * change["images_worse"], change
     assert change["sign_test_p"] < 0.05, change
+    # The default objective reproduces the demo of the GRPO loop before objectives were plugins
+    # bit for bit: the held-out figures and the last iteration's metrics.
+    reference = json.loads((FIXTURES / "demo_before_objectives" / "full.json").read_text())
+    for key in ("eval_before", "eval_after", "eval_change"):
+        assert summary[key] == reference[key], key
+    last = json.loads((out_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    expected = reference["last_iteration"]
+    assert {k: v for k, v in last.items() if k in expected} == expected
