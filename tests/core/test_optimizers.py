@@ -266,30 +266,35 @@ def test_adamw8bit_is_selected_on_cuda_with_bitsandbytes():
 HYPER = {"lr": 1e-2, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 1e-2}
 
 
-def _params(seed: int = 0) -> list[torch.nn.Parameter]:
+# bitsandbytes' CPU kernels everywhere; its CUDA kernels too where a GPU is present.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _params(device: str = "cpu", seed: int = 0) -> list[torch.nn.Parameter]:
     g = torch.Generator().manual_seed(seed)
     # one tensor in 8 bits (over 2 blocks of 256), one small enough for fp32 states
     return [
-        torch.nn.Parameter(torch.randn(40, 10, generator=g)),
-        torch.nn.Parameter(torch.randn(5, generator=g)),
+        torch.nn.Parameter(torch.randn(40, 10, generator=g).to(device)),
+        torch.nn.Parameter(torch.randn(5, generator=g).to(device)),
     ]
 
 
 def _step(optimizer: torch.optim.Optimizer, params, step: int, lr: float) -> None:
     g = torch.Generator().manual_seed(100 + step)
     for p in params:
-        p.grad = torch.randn(p.shape, generator=g)
+        p.grad = torch.randn(p.shape, generator=g).to(p.device)
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
 
-def test_shards_step_exactly_as_bitsandbytes():
+@pytest.mark.parametrize("device", DEVICES)
+def test_shards_step_exactly_as_bitsandbytes(device):
     bnb = pytest.importorskip("bitsandbytes")
     from dance.training.adamw8bit import AdamW8bitShards
 
-    ours, theirs = _params(), _params()
+    ours, theirs = _params(device), _params(device)
     a = AdamW8bitShards(ours, **HYPER, min_8bit_size=64)
     b = bnb.optim.AdamW8bit(theirs, **HYPER, min_8bit_size=64)
     for step in range(4):
@@ -301,11 +306,12 @@ def test_shards_step_exactly_as_bitsandbytes():
     assert a.inner.state[a._shards[ours[0]]]["state1"].dtype == torch.uint8
 
 
-def test_shards_state_is_adamws_and_resumes():
+@pytest.mark.parametrize("device", DEVICES)
+def test_shards_state_is_adamws_and_resumes(device):
     pytest.importorskip("bitsandbytes")
     from dance.training.adamw8bit import AdamW8bitShards
 
-    ours, ref = _params(), _params()
+    ours, ref = _params(device), _params(device)
     a = AdamW8bitShards(ours, **HYPER, min_8bit_size=64)
     fp32 = torch.optim.AdamW(ref, **HYPER)
     for step in range(3):
