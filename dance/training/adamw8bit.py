@@ -111,7 +111,8 @@ class AdamW8bitShards(torch.optim.Optimizer):
             numbers = list(range(index, index + len(group["params"])))
             groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": numbers})
             for p in group["params"]:
-                if "step" in self.state[p]:
+                if "step" in self.state.get(p, {}):  # .get: an empty entry would make
+                    # torch's get_state_dict take this optimizer for one that has stepped
                     exp_avg, exp_avg_sq = self._moments(p)
                     state[index] = {
                         "step": torch.tensor(float(self.state[p]["step"])),
