@@ -49,8 +49,31 @@ class TrainerConfig:
         "0 = one optimizer step per iteration",
         ge=0,
     )
-    learning_rate: float = option(1e-5, "AdamW learning rate", gt=0)
-    lr_warmup_steps: int = option(0, "optimizer steps of linear warm-up, then constant", ge=0)
+    optimizer: str = option(
+        "adamw",
+        "'adamw' = torch.optim.AdamW; 'adamw8bit' = bitsandbytes' 8-bit AdamW (moments in 8 "
+        "bits: 2 bytes per trained parameter instead of 8; CUDA only, pip install "
+        "'dance-grpo[8bit]')",
+        choices=("adamw", "adamw8bit"),
+    )
+    learning_rate: float = option(1e-5, "peak learning rate (after warm-up) of the optimizer", gt=0)
+    lr_schedule: str = option(
+        "linear",
+        "learning rate per optimizer step: 'constant' = learning_rate throughout; 'linear' = "
+        "linear warm-up over lr_warmup_steps, then constant (with no warm-up steps: constant); "
+        "'cosine' = the same warm-up, then cosine decay to lr_min_ratio x learning_rate at the "
+        "end of the run, following training progress (iterations done), see docs/recipes.md",
+        choices=("constant", "linear", "cosine"),
+    )
+    lr_warmup_steps: int = option(
+        0, "optimizer steps of linear warm-up, from learning_rate / this to learning_rate", ge=0
+    )
+    lr_min_ratio: float = option(
+        0.0,
+        "cosine schedule: the learning rate it decays to, as a fraction of learning_rate",
+        ge=0,
+        le=1,
+    )
     weight_decay: float = option(1e-4, "AdamW weight decay", ge=0)
     adam_beta1: float = option(0.9, "AdamW beta1", ge=0, lt=1)
     adam_beta2: float = option(0.999, "AdamW beta2", ge=0, lt=1)
@@ -99,6 +122,18 @@ class TrainerConfig:
     )
 
     def check(self) -> None:
+        if self.lr_schedule == "constant" and self.lr_warmup_steps:
+            raise ConfigError(
+                f"trainer.lr_schedule='constant' has no warm-up, but trainer.lr_warmup_steps="
+                f"{self.lr_warmup_steps}: use trainer.lr_schedule='linear' (warm-up, then "
+                "constant) or set trainer.lr_warmup_steps=0"
+            )
+        if self.optimizer == "adamw8bit" and self.fsdp_cpu_offload:
+            raise ConfigError(
+                "trainer.optimizer='adamw8bit' steps on the GPU, but trainer.fsdp_cpu_offload="
+                "true keeps the optimizer states in CPU memory: use trainer.optimizer='adamw' "
+                "with the offload, or turn the offload off"
+            )
         k = self.train_per_group
         if k and (k % 2 or k < 2 or k >= self.group_size):
             raise ConfigError(

@@ -61,6 +61,7 @@ from dance.registry import Registry, get_registry
 from dance.reporting.report import save_evaluation, write_report
 from dance.run_log import RunLog, save_grid
 from dance.sharding import clip_gradients, shard_policy, sum_replicated_gradients
+from dance.training.optimizers import LRSchedule, build_optimizer, check_optimizer
 
 
 class Trainer:
@@ -77,6 +78,7 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.runtime = rt = runtime or Runtime.auto()
         registry = registry or get_registry()
+        check_optimizer(cfg, rt.device)  # before any model loads
 
         self.policy = registry.create("policy", recipe.policy, recipe.policy_options, rt)
         self.sampler = registry.create("sampler", recipe.sampler, recipe.sampler_options, rt)
@@ -102,17 +104,8 @@ class Trainer:
         self.params = self.policy.trainable_parameters()
         if not self.params:
             raise UsageError(f"policy '{recipe.policy}' has no trainable parameters.")
-        self.optimizer = torch.optim.AdamW(
-            self.params,
-            lr=cfg.learning_rate,
-            betas=(cfg.adam_beta1, cfg.adam_beta2),
-            eps=cfg.adam_eps,
-            weight_decay=cfg.weight_decay,
-        )
-        warmup = cfg.lr_warmup_steps
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
+        self.optimizer = build_optimizer(self.params, cfg, rt.device)
+        self.lr_scheduler = LRSchedule(self.optimizer, cfg)
         self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.objective.bind(TrainingContext(self.policy, cfg.seed))
         self.training = TrainingState(
@@ -371,7 +364,8 @@ class Trainer:
         self.objective.begin_update(rollout, batches)
 
         grad_norms = []
-        for (global_pairs, _), step_batches in zip(windows, batches, strict=True):
+        for w, ((global_pairs, _), step_batches) in enumerate(zip(windows, batches, strict=True)):
+            self.lr_scheduler.apply(it, w, len(windows))  # this step's learning rate
             for batch in step_batches:
                 # Divided by the optimizer step's global pair count: summing gradients over
                 # ranks gives the mean over all its pairs.
@@ -386,7 +380,7 @@ class Trainer:
             "grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
             "optimizer_steps": float(len(grad_norms)),
             "trained_pairs": float(pairs.shape[0]),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.optimizer.param_groups[0]["lr"],  # of the last optimizer step
         }
 
     def _train_batch(

@@ -408,6 +408,39 @@ CASES = [
         2,
     ),
     Case("sample --fps inf", lambda t, f: ([*TOY_SAMPLE, "--fps", "inf"], ["--fps"]), 2),
+    # optimizer and learning-rate schedule
+    Case(
+        "trainer.optimizer=sgd",
+        lambda t, f: ([*TOY_RUN, "trainer.optimizer=sgd"], ["adamw8bit"]),
+        2,
+    ),
+    Case(
+        "trainer.lr_schedule=step",
+        lambda t, f: ([*TOY_RUN, "trainer.lr_schedule=step"], ["trainer.lr_schedule", "cosine"]),
+        2,
+    ),
+    Case(
+        "constant schedule with warm-up",
+        lambda t, f: (
+            [*TOY_RUN, "trainer.lr_schedule=constant", "trainer.lr_warmup_steps=5"],
+            ["trainer.lr_warmup_steps=5", "linear"],
+        ),
+        2,
+    ),
+    *(
+        []  # with a GPU the 8-bit optimizer is allowed
+        if torch.cuda.is_available()
+        else [
+            Case(
+                "trainer.optimizer=adamw8bit without a GPU",
+                lambda t, f: (
+                    [*TOY_RUN, "trainer.optimizer=adamw8bit", "--output-dir", t],
+                    ["trainer.optimizer=adamw8bit", "CUDA GPU"],
+                ),
+                2,
+            )
+        ]
+    ),
     # misleading messages
     Case(
         "--model without --policy",

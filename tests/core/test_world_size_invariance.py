@@ -83,6 +83,10 @@ SCENARIOS = {
             "on_reward_failure": "exclude",
             "micro_batch_size": 3,
             "gradient_accumulation_steps": 3,
+            # a schedule that follows the optimizer steps, which the exclusion changes
+            "lr_schedule": "cosine",
+            "lr_warmup_steps": 1,
+            "lr_min_ratio": 0.1,
         },
     },
     # MixGRPO's sliding SDE window: steps 2-3 in iteration 0, step 3 in iteration 1 (the window
@@ -268,7 +272,7 @@ def test_several_processes_train_as_one(runs, name, processes):
             "trained_pairs",
         ):
             assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-7), (name, key)
-        for key in ("optimizer_steps", "trained_samples", "excluded_samples"):
+        for key in ("optimizer_steps", "trained_samples", "excluded_samples", "lr"):
             assert m2[key] == m1[key], (name, key)
         assert m2["ratio/first_step_max_dev"] < 1e-5
     # The sample grid shows every rank's samples.
@@ -285,6 +289,7 @@ def test_scenarios_exercise_what_they_claim(runs):
         m["excluded_samples"] == 0 for m in excluded
     )
     assert sum(m["excluded_samples"] for m in excluded) >= 4  # the NaN prompt was drawn
+    assert excluded[1]["lr"] < excluded[0]["lr"]  # the cosine decays
     assert len(one["odd"]["advantages"][0]) == 3
     sliding = one["sliding_window"]["metrics"]
     assert [m["trained_pairs"] for m in sliding] == [12 * 2, 12 * 1]
