@@ -172,8 +172,8 @@ class RunLog:
         about to run again), so that each holds every iteration once."""
         run = RunInfo(self.output_dir, self.iterations, iteration, self.config)
         for logger in self.loggers:
+            self._started_loggers.append(logger)  # closed even if it fails half-way through
             _call(logger, "start", run)
-            self._started_loggers.append(logger)
         if self.progress is not None:
             self.progress.update(self.task, completed=iteration)
         self._started = time.monotonic()
