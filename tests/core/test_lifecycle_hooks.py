@@ -22,6 +22,7 @@ from dance.recipe import resolve
 from dance.registry import PluginHookError, load_registry
 from dance.testing import toy_policy
 from dance.testing.multiprocess import launch
+from dance.testing.toy_policy import toy_recipe
 from dance.training.trainer import Trainer
 
 EVENTS: list[tuple] = []  # every hook and logger call, in order
@@ -88,19 +89,7 @@ class _Boom:
 
 
 def _raw(iterations: int, evaluation: bool, loggers: list[str]) -> dict:
-    raw = {
-        "policy": {"name": "toy-flow"},
-        "sampler": {"name": "dance-sde", "num_steps": 3},
-        "rewards": [{"name": "jpeg-incompressibility"}],
-        "trainer": {
-            "iterations": iterations,
-            "prompts_per_iteration": 1,
-            "group_size": 2,
-            "checkpoint_every": 1,
-            "sample_every": 0,
-            "loggers": loggers,
-        },
-    }
+    raw = toy_recipe(iterations=iterations, checkpoint_every=1, loggers=loggers)
     if evaluation:
         raw["evaluation"] = {"prompts": "pkg:dance/data/prompts.txt", "seeds": 1, "num_steps": 2}
     return raw

@@ -21,6 +21,7 @@ from dance.recipe import apply_override, dumps_toml, parse_toml, resolve
 from dance.registry import load_registry
 from dance.tensorboard import event_step, read_records
 from dance.testing import toy_policy
+from dance.testing.toy_policy import toy_recipe
 from dance.training.trainer import Trainer
 
 CALLS: list[tuple] = []  # what every _Recorder saw, in order
@@ -68,20 +69,8 @@ def registry(monkeypatch: pytest.MonkeyPatch):
 
 
 def _raw(iterations: int, loggers: list[str], tables: dict | None = None) -> dict:
-    return {
-        "policy": {"name": "toy-flow"},
-        "sampler": {"name": "dance-sde", "num_steps": 3},
-        "rewards": [{"name": "jpeg-incompressibility"}],
-        "trainer": {
-            "iterations": iterations,
-            "prompts_per_iteration": 1,
-            "group_size": 2,
-            "checkpoint_every": 2,
-            "sample_every": 0,
-            "loggers": loggers,
-        },
-        "loggers": tables or {},
-    }
+    raw = toy_recipe(iterations=iterations, checkpoint_every=2, loggers=loggers)
+    return {**raw, "loggers": tables or {}}
 
 
 def _trainer(registry, out: Path, iterations: int, loggers: list[str], tables=None) -> Trainer:
