@@ -22,13 +22,14 @@ Set ``DANCE_PLUGINS`` to a comma-separated list of entry-point names to load onl
 
 Besides registering components, a plugin may implement the lifecycle hooks at the end of this
 module (``after_iteration``, ``after_evaluation``, ``after_checkpoint``) to act on a run as it
-goes: copy a checkpoint elsewhere, post figures, stop a sweep. They run on rank 0 only (the one
-process of a plain run; under torchrun, the first), because their effects (files, messages,
-uploads) must happen once per job; the other ranks wait for them. An implementation declares the
-arguments it needs, any subset of the spec's. A lifecycle hook that raises stops the whole run,
-every rank, with one line naming the plugin and its error (exit code 1), rather than training on
-while a side effect the user asked for silently failed. A plugin that failed to load takes no
-part. Implementations are plain calls: a hook wrapper is refused when the hook is called.
+goes: copy a checkpoint elsewhere, post figures, tell a sweep controller. They run on rank 0 only
+(the one process of a plain run; under torchrun, the first), because their effects (files,
+messages, uploads) must happen once per job; the other ranks wait for them. An implementation
+declares the arguments it needs, any subset of the spec's. A lifecycle hook that raises stops the
+whole run, every rank, with one line naming the plugin and its error (exit code 1), rather than
+training on while a side effect the user asked for silently failed. A plugin that failed to load
+takes no part. Implementations are plain calls: a hook wrapper is refused when the hook is
+called. A plugin implementing a hook this module does not declare (a misspelt name) fails to load.
 """
 
 from __future__ import annotations
