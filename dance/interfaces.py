@@ -1,4 +1,5 @@
-"""The five interfaces of dance: Policy, Sampler, Reward, Advantage and Objective.
+"""The five interfaces of dance: Policy, Sampler, Reward, Advantage and Objective; and Logger,
+where a run's metrics go.
 
 A plugin implements one of these classes and registers it through a hook (see
 :mod:`dance.hookspecs`).
@@ -22,6 +23,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -446,3 +448,46 @@ class Objective(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore :meth:`state_dict`."""
+
+
+@dataclass
+class RunInfo:
+    """What a :class:`Logger` is told when a run starts or resumes."""
+
+    output_dir: Path  # the run's folder (config.toml, metrics.jsonl, checkpoints/, ...)
+    iterations: int  # the run's total, trainer.iterations
+    # The first iteration this attempt runs: 0, or on resume the checkpoint's iteration. What an
+    # earlier attempt logged for this iteration and later ones is stale: they run again.
+    start: int
+    config: dict[str, Any]  # the resolved recipe, as written to config.toml
+
+
+class Logger(ABC):
+    """Where a run's metrics go: a file, a dashboard, an experiment tracker.
+
+    Chosen by name in ``trainer.loggers`` and configured by the recipe's ``[loggers.<name>]``
+    table (its ``config_class`` fields). Loggers live on rank 0 only: the other ranks build none.
+    The trainer calls :meth:`start` once before the first iteration, :meth:`log` after every
+    iteration, and :meth:`close` at the end (also when the run fails or is stopped). A logger
+    that raises stops the run with one line naming it.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+
+    def start(self, run: RunInfo) -> None:
+        """Open the destination; on resume (``run.start > 0``) drop or supersede what was
+        logged for iterations ``>= run.start`` so that every iteration is shown once."""
+        self.run = run
+
+    @abstractmethod
+    def log(self, iteration: int, metrics: Mapping[str, float]) -> None:
+        """Record the metrics of iteration ``iteration`` (0-based): the whole job's figures,
+        gathered over ranks (``reward/<label>/mean``, ``loss``, ``time/update``, ...)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush and release the destination. Called once, also after a failure."""

@@ -21,11 +21,16 @@
 
     [trainer]
     group_size = 12
+    loggers = ["jsonl", "tensorboard", "wandb"]   # where metrics go (jsonl is required)
+
+    [loggers.wandb]    # one table per logger that has options: fields of its config
+    project = "flux-grpo"
 
 Bundled recipes live in ``dance/recipes/`` and are found by name; a path to a TOML file works too.
 ``key=value`` overrides address any field: ``trainer.learning_rate=1e-5``, ``policy.height=512``,
-``rewards.jpeg-compressibility.weight=2`` (or ``rewards.0.weight=2``). A resolved recipe, with every
-default filled in, is what a run writes to ``config.toml``; it loads again as a recipe.
+``rewards.jpeg-compressibility.weight=2`` (or ``rewards.0.weight=2``), ``loggers.wandb.project=x``.
+A resolved recipe, with every default filled in, is what a run writes to ``config.toml``; it loads
+again as a recipe.
 """
 
 from __future__ import annotations
@@ -49,7 +54,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-SECTIONS = ("policy", "sampler", "rewards", "advantage", "objective", "trainer", "evaluation")
+SECTIONS = (
+    "policy",
+    "sampler",
+    "rewards",
+    "advantage",
+    "objective",
+    "trainer",
+    "evaluation",
+    "loggers",
+)
 DEFAULT_OBJECTIVE = "grpo"
 # [trainer] keys of recipes written before objectives were plugins: GRPO's settings, now in
 # [objective]. Old recipes and overrides still work, with a note saying where the key went.
@@ -98,6 +112,8 @@ class Recipe:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     objective: str = DEFAULT_OBJECTIVE
     objective_options: dict[str, Any] = field(default_factory=dict)
+    # The options of each logger in trainer.loggers, in that order (empty for one without any).
+    loggers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_toml_dict(self) -> dict[str, Any]:
         return {
@@ -116,7 +132,11 @@ class Recipe:
             "objective": {"name": self.objective, **self.objective_options},
             "trainer": to_dict(self.trainer),
             "evaluation": to_dict(self.evaluation),
+            **({"loggers": configured} if (configured := self._configured_loggers()) else {}),
         }
+
+    def _configured_loggers(self) -> dict[str, dict[str, Any]]:
+        return {name: options for name, options in self.loggers.items() if options}
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -168,6 +188,13 @@ def check_sections(raw: dict[str, Any], where: str) -> None:
                 raise ConfigError(f"{where}: 'rewards' must be an array of tables ([[rewards]]).")
         elif not isinstance(value, dict):
             raise ConfigError(f"{where}: '{key}' must be a table ([{key}]).")
+        elif key == "loggers":
+            for name, options in value.items():
+                if not isinstance(options, dict):
+                    raise ConfigError(
+                        f"{where}: 'loggers.{name}' must be a table of that logger's options "
+                        f"([loggers.{name}])."
+                    )
 
 
 # -- overrides -----------------------------------------------------------------------------------
@@ -210,6 +237,11 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             raise UsageError(f"override '{assignment}': use rewards.NAME.field=value.")
         target = _find_reward(rewards, ".".join(parts[1:-1]), assignment)
         target[parts[-1]] = value
+        return
+    if section == "loggers":
+        if len(parts) != 3:
+            raise UsageError(f"override '{assignment}': use loggers.NAME.field=value.")
+        raw.setdefault("loggers", {}).setdefault(parts[1], {})[parts[2]] = value
         return
     table = raw.setdefault(section, {})
     table[".".join(parts[1:])] = value
@@ -286,6 +318,7 @@ def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
     evaluation = build(EvaluationConfig, raw.get("evaluation", {}), prefix="evaluation.")
     if evaluation.prompts:
         _check_evaluation(evaluation, rewards, registry)
+    loggers = resolve_loggers(trainer.loggers, raw.get("loggers", {}), registry)
     return Recipe(
         policy=policy_name,
         policy_options=to_dict(policy_cfg),
@@ -298,7 +331,32 @@ def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
         evaluation=evaluation,
         objective=obj_name,
         objective_options=to_dict(obj_cfg),
+        loggers=loggers,
     )
+
+
+def resolve_loggers(
+    names: list[str], tables: dict[str, dict[str, Any]], registry: Any
+) -> dict[str, dict[str, Any]]:
+    """The options of each logger ``names`` lists (trainer.loggers), from its ``[loggers.NAME]``
+    table, validated and completed with defaults. A table of a logger the list leaves out is
+    not used (so a recipe's logger can be turned off from the command line): a note says so."""
+    out = {}
+    for name in names:
+        try:
+            cls = registry.get("logger", name)
+        except UsageError as exc:
+            raise ConfigError(f"trainer.loggers: {exc}") from None
+        config = build(cls.config_class, tables.get(name, {}), prefix=f"loggers.{name}.")
+        out[name] = to_dict(config)
+    for name in tables:
+        if name not in out:
+            print(
+                f"note: [loggers.{name}] is set but trainer.loggers ({', '.join(names)}) does not "
+                f"list '{name}': its options are not used.",
+                file=sys.stderr,
+            )
+    return out
 
 
 def _move_legacy_trainer_keys(raw: dict[str, Any]) -> None:

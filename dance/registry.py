@@ -17,8 +17,8 @@ from typing import Any
 import pluggy
 
 from dance import hookspecs
-from dance.errors import UsageError, unknown_name
-from dance.interfaces import Advantage, Objective, Policy, Reward, Runtime, Sampler
+from dance.errors import RunError, UsageError, did_you_mean, unknown_name
+from dance.interfaces import Advantage, Logger, Objective, Policy, Reward, Runtime, Sampler
 
 ENTRY_POINT_GROUP = "dance"
 ENV_VAR = "DANCE_PLUGINS"
@@ -30,11 +30,16 @@ KINDS: dict[str, tuple[str, type]] = {
     "reward": ("register_rewards", Reward),
     "advantage": ("register_advantages", Advantage),
     "objective": ("register_objectives", Objective),
+    "logger": ("register_loggers", Logger),
 }
 
 
 class DuplicateComponentError(UsageError):
     """Two plugins registered the same name for the same kind of component."""
+
+
+class PluginHookError(RunError):
+    """A plugin's lifecycle hook raised: the run stops with one line naming the plugin."""
 
 
 @dataclass
@@ -83,6 +88,14 @@ class Registry:
             info.error = f"{type(exc).__name__}: {exc}"
             return
         info.loaded = True
+        unknown = self._unknown_hooks(info.name)
+        if unknown:  # a misspelt hook would otherwise never be called, without a word
+            known = [n for n in dir(hookspecs) if getattr(getattr(hookspecs, n), "dance_spec", 0)]
+            info.loaded = False
+            info.error = (
+                f"implements '{unknown[0]}', which is not a dance hook."
+                f"{did_you_mean(unknown[0], known)}"
+            )
         for kind, (hook_name, _base) in KINDS.items():
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 if impl.plugin_name != info.name:
@@ -94,6 +107,16 @@ class Registry:
                 except Exception as exc:
                     info.loaded = False
                     info.error = f"{type(exc).__name__}: {exc}"
+
+    def _unknown_hooks(self, plugin: str) -> list[str]:
+        """Hooks ``plugin`` implements that no spec in :mod:`dance.hookspecs` declares."""
+        return [
+            name
+            for name, caller in sorted(vars(self.manager.hook).items())
+            if not name.startswith("_")
+            and not caller.has_spec()
+            and any(i.plugin_name == plugin and not i.optionalhook for i in caller.get_hookimpls())
+        ]
 
     def _register(self, kind: str, cls: Any, info: PluginInfo) -> None:
         base = KINDS[kind][1]
@@ -133,6 +156,32 @@ class Registry:
             names = ", ".join(p.name for p in broken)
             err = UsageError(f"{err} Plugins that failed to load: {names} (see `dance plugins`).")
         return err
+
+    def call_hook(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every implementation of the lifecycle hook ``hook_name`` (see
+        :mod:`dance.hookspecs`), in pluggy's order (the last registered first, ``tryfirst`` /
+        ``trylast`` respected), each with the arguments it declares.
+
+        The implementations are called one by one, not through ``manager.hook``, so that an
+        error can name its plugin: the first that raises stops the call with a
+        :class:`PluginHookError`. Plugins that failed to load are left out.
+        """
+        for impl in reversed(getattr(self.manager.hook, hook_name).get_hookimpls()):
+            info = self.plugins.get(impl.plugin_name)
+            if info is not None and not info.loaded:
+                continue
+            if impl.hookwrapper or getattr(impl, "wrapper", False):
+                raise PluginHookError(
+                    f"plugin '{impl.plugin_name}' implements {hook_name} as a hook wrapper; "
+                    "lifecycle hooks take plain implementations (drop wrapper=True)."
+                )
+            try:
+                impl.function(*(kwargs[arg] for arg in impl.argnames))
+            except Exception as exc:
+                raise PluginHookError(
+                    f"plugin '{impl.plugin_name}' failed in its {hook_name} hook: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
 
     def create(self, kind: str, name: str, options: dict[str, Any] | None, runtime: Runtime) -> Any:
         """Build a component from its name and config values."""

@@ -1,4 +1,5 @@
-"""What a run writes besides checkpoints: metrics.jsonl, TensorBoard events, grids, progress."""
+"""What a run shows and writes besides checkpoints: progress, its loggers (metrics.jsonl,
+TensorBoard events, ... see :mod:`dance.loggers`), sample grids."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,8 +25,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from dance.errors import RunError
+from dance.interfaces import Logger, RunInfo
 from dance.media import frame_indices
-from dance.tensorboard import EventWriter, truncate_events
 from dance.video_io import DEFAULT_FPS, write_mp4
 
 
@@ -124,7 +126,10 @@ def is_terminal(stream: TextIO) -> bool:
 
 
 class RunLog:
-    """Per-iteration metrics to metrics.jsonl and TensorBoard, and progress for the user.
+    """Per-iteration metrics to the run's loggers (``trainer.loggers``; rank 0 holds them, the
+    other ranks none), and progress for the user.
+
+    A logger that raises stops the run: :class:`dance.errors.RunError`, one line naming it.
 
     With ``progress``: on a terminal, a progress bar with the headline (each reward's mean and
     the seconds per iteration) on its own row above it, so a narrow terminal wraps it instead of
@@ -140,12 +145,15 @@ class RunLog:
         progress: bool,
         stream: TextIO | None = None,
         plain_every_s: float = PLAIN_EVERY_S,
+        loggers: Sequence[Logger] = (),
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.output_dir = output_dir
         self.enabled = enabled
         self.iterations = iterations
-        self.events = EventWriter(output_dir / "tensorboard") if enabled else None
-        self.metrics_path = output_dir / "metrics.jsonl"
+        self.loggers = list(loggers)
+        self.config = config or {}
+        self._started_loggers: list[Logger] = []
         self.stream = stream if stream is not None else sys.stdout
         self.plain = enabled and progress and not is_terminal(self.stream)
         self.plain_every_s = plain_every_s
@@ -159,13 +167,13 @@ class RunLog:
             self.progress.start()
 
     def start_at(self, iteration: int) -> None:
-        """The run continues at ``iteration`` (0, or the resumed checkpoint's): drop what earlier
-        attempts logged for ``iteration`` and later, which are about to run again, so that
-        metrics.jsonl and TensorBoard hold every iteration once."""
-        if self.enabled:
-            cut_metrics(self.metrics_path, iteration)
-            assert self.events is not None
-            truncate_events(self.output_dir / "tensorboard", iteration, keep=self.events.path)
+        """The run continues at ``iteration`` (0, or the resumed checkpoint's): start every
+        logger, which drops what earlier attempts logged for ``iteration`` and later (they are
+        about to run again), so that each holds every iteration once."""
+        run = RunInfo(self.output_dir, self.iterations, iteration, self.config)
+        for logger in self.loggers:
+            self._started_loggers.append(logger)  # closed even if it fails half-way through
+            _call(logger, "start", run)
         if self.progress is not None:
             self.progress.update(self.task, completed=iteration)
         self._started = time.monotonic()
@@ -178,15 +186,8 @@ class RunLog:
         print(line, file=self.stream, flush=True)
 
     def log(self, iteration: int, metrics: dict[str, Any], headline: str) -> None:
-        if not self.enabled:
-            return
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
-        assert self.events is not None
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.events.add_scalar(key, float(value), iteration)
-        self.events.flush()
+        for logger in self.loggers:
+            _call(logger, "log", iteration, metrics)
         if self.progress is not None:
             self.progress.headline = headline
             self.progress.update(self.task, completed=iteration + 1)
@@ -204,16 +205,43 @@ class RunLog:
         else:
             self._unprinted = line
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Print the last line, stop the bar and close every started logger, once. After a
+        failure (``failed``), a logger that fails to close is only reported, on stderr: the
+        error that stopped the run is the one to raise."""
+        loggers, self._started_loggers = self._started_loggers, []
+        self._close_progress()
+        errors = []
+        for logger in loggers:  # each closes, whichever failed before it
+            try:
+                _call(logger, "close")
+            except RunError as exc:
+                errors.append(exc)
+        # Raised: the first, unless an earlier error stopped the run; the others are notes.
+        raised = errors[0] if errors and not failed else None
+        for exc in errors:
+            if exc is not raised:
+                print(f"note: {exc}", file=sys.stderr)
+        if raised is not None:
+            raise raised
+
+    def _close_progress(self) -> None:
         if self._unprinted is not None:  # stopped early: the last iteration still gets its line
             self._print(self._unprinted)
             self._unprinted = None
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
-        if self.events is not None:
-            self.events.close()
-            self.events = None
+
+
+def _call(logger: Logger, method: str, *args: Any) -> None:
+    """``logger.method(*args)``; an exception becomes one line naming the logger."""
+    try:
+        getattr(logger, method)(*args)
+    except Exception as exc:
+        raise RunError(
+            f"logger '{logger.name}' failed in {method}(): {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 class _HeadlineProgress(Progress):

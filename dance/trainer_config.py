@@ -108,6 +108,13 @@ class TrainerConfig:
         10, "checkpoint every N iterations (and at the end); 0 = end only", ge=0
     )
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep", ge=1)
+    loggers: list[str] = option(
+        ["jsonl", "tensorboard"],
+        "where each iteration's metrics go, by logger name (see `dance plugins`): jsonl = "
+        "metrics.jsonl (required: the run report reads it), tensorboard = tensorboard/ events, "
+        "wandb = Weights & Biases (the dance-wandb plugin); each logger's options go in a "
+        "[loggers.NAME] table",
+    )
     distributed_timeout: float = option(
         1800.0,
         "seconds a process waits for the others (to start, or at a collective) before the "
@@ -134,6 +141,15 @@ class TrainerConfig:
                 "true keeps the optimizer states in CPU memory: use trainer.optimizer='adamw' "
                 "with the offload, or turn the offload off"
             )
+        if "jsonl" not in self.loggers:
+            listed = ",".join(["jsonl", *self.loggers])
+            raise ConfigError(
+                "trainer.loggers must include 'jsonl': the run report (summary.json, "
+                f"reward_curve.png) reads metrics.jsonl; use trainer.loggers={listed}"
+            )
+        twice = sorted({name for name in self.loggers if self.loggers.count(name) > 1})
+        if twice:
+            raise ConfigError(f"trainer.loggers names '{twice[0]}' twice; list each logger once")
         k = self.train_per_group
         if k and (k % 2 or k < 2 or k >= self.group_size):
             raise ConfigError(

@@ -111,3 +111,15 @@ class ToyFlowPolicy(Policy):
 @hookimpl
 def register_policies(register):  # noqa: ANN001
     register(ToyFlowPolicy)
+
+
+def toy_recipe(**trainer: object) -> dict[str, object]:
+    """A raw recipe that trains this policy in a second or two: 3 ``dance-sde`` steps, one
+    prompt of 2 samples per iteration, the ``jpeg-incompressibility`` reward, no sample grids;
+    ``trainer`` sets or overrides ``[trainer]`` fields."""
+    return {
+        "policy": {"name": "toy-flow"},
+        "sampler": {"name": "dance-sde", "num_steps": 3},
+        "rewards": [{"name": "jpeg-incompressibility"}],
+        "trainer": {"prompts_per_iteration": 1, "group_size": 2, "sample_every": 0, **trainer},
+    }

@@ -77,7 +77,7 @@ class Trainer:
         self.cfg = cfg = recipe.trainer
         self.output_dir = Path(output_dir)
         self.runtime = rt = runtime or Runtime.auto()
-        registry = registry or get_registry()
+        self.registry = registry = registry or get_registry()
         check_optimizer(cfg, rt.device)  # before any model loads
 
         self.policy = registry.create("policy", recipe.policy, recipe.policy_options, rt)
@@ -124,7 +124,20 @@ class Trainer:
         self._stop_signal = 0  # the signal that asked this rank to stop (SIGINT, SIGTERM); 0 = none
         self.stopped_by = 0  # the signal the whole job stopped after, once shared
         self.evaluator = self._build_evaluator(registry)
-        self.log = RunLog(self.output_dir, cfg.iterations, dist.is_main(), progress)
+        # Loggers and lifecycle hooks run on rank 0 alone: their effects happen once per job.
+        loggers = [
+            registry.create("logger", name, recipe.loggers.get(name, {}), rt)
+            for name in cfg.loggers
+            if dist.is_main()
+        ]
+        self.log = RunLog(
+            self.output_dir,
+            cfg.iterations,
+            dist.is_main(),
+            progress,
+            loggers=loggers,
+            config=recipe.to_toml_dict(),
+        )
 
     def _build_evaluator(self, registry: Registry) -> Evaluator | None:
         ev = self.recipe.evaluation
@@ -491,7 +504,15 @@ class Trainer:
             self.cfg.keep_checkpoints,
         )
         self.last_checkpoint = path
+        with dist.fail_together("the after_checkpoint hooks"):
+            self._lifecycle_hook("after_checkpoint", path=path, iteration=self.iteration_done)
         return path
+
+    def _lifecycle_hook(self, name: str, **kwargs: Any) -> None:
+        """Call the plugins' lifecycle hook ``name`` (:mod:`dance.hookspecs`) on rank 0 only; a
+        plugin that raises stops the run (inside :func:`dist.fail_together`, every rank)."""
+        if dist.is_main():
+            self.registry.call_hook(name, **kwargs)
 
     def resume(self) -> int:
         """Load the latest checkpoint of the output directory; returns the next iteration."""
@@ -529,25 +550,36 @@ class Trainer:
         )
         if evaluate_before:
             self.evaluate("before")
-        self.log.start_at(self.iteration_done)
         last: dict[str, float] = {}
-        with self._graceful_interrupt():
-            for it in range(self.iteration_done, self.cfg.iterations):
-                last = self.iteration(it)
-                self.iteration_done = it + 1
-                self.log.log(it, last, self._headline(last))
-                # A signal may reach some ranks only: all stop after the same iteration.
-                signal_number = dist.all_reduce(torch.tensor([self._stop_signal]), "max")
-                self.stopped_by = int(signal_number.item())
-                if self.stopped_by:
-                    break
-                every = self.cfg.checkpoint_every
-                if every and self.iteration_done % every == 0:
-                    self.save()
-                    saved = self.iteration_done
-        if saved != self.iteration_done:
-            self.save()
-        self.log.close()
+        out = self.output_dir
+        try:
+            with dist.fail_together("starting the loggers"):
+                self.log.start_at(self.iteration_done)
+            with self._graceful_interrupt():
+                for it in range(self.iteration_done, self.cfg.iterations):
+                    last = self.iteration(it)
+                    self.iteration_done = it + 1
+                    with dist.fail_together("logging"):  # the loggers and hooks of rank 0
+                        self.log.log(it, last, self._headline(last))
+                        self._lifecycle_hook(
+                            "after_iteration", iteration=it, metrics=last, output_dir=out
+                        )
+                    # A signal may reach some ranks only: all stop after the same iteration.
+                    signal_number = dist.all_reduce(torch.tensor([self._stop_signal]), "max")
+                    self.stopped_by = int(signal_number.item())
+                    if self.stopped_by:
+                        break
+                    every = self.cfg.checkpoint_every
+                    if every and self.iteration_done % every == 0:
+                        self.save()
+                        saved = self.iteration_done
+            if saved != self.iteration_done:
+                self.save()
+        except BaseException:
+            self.log.close(failed=True)  # a W&B run is finished, files are flushed
+            raise
+        with dist.fail_together("closing the loggers"):
+            self.log.close()
         if self.evaluator is not None:
             self.evaluate("after")
         summary = {
@@ -566,9 +598,12 @@ class Trainer:
         keeps the figures and images under ``eval/``."""
         assert self.evaluator is not None
         result, media = self.evaluator(self.policy)
-        if media is not None:  # rank 0
-            save_evaluation(self.output_dir, stage, result, media)
-        dist.barrier()
+        with dist.fail_together(f"the {stage} evaluation's files and hooks"):
+            if media is not None:  # rank 0
+                save_evaluation(self.output_dir, stage, result, media)
+                self._lifecycle_hook(
+                    "after_evaluation", stage=stage, figures=result, output_dir=self.output_dir
+                )
         return result
 
     def _headline(self, metrics: dict[str, float]) -> str:
