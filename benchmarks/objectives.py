@@ -273,6 +273,7 @@ def write_section(doc: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # 200 s: the demo's own 100 iterations take about that much training CPU (~2 s each).
     parser.add_argument("--budget", type=float, help="training CPU seconds per run (default 200)")
     parser.add_argument("--seeds", type=int, nargs="+", help="trainer.seed values (default 0 1 2)")
     parser.add_argument("--every", type=int, help="evaluation.every (default 10)")
