@@ -97,6 +97,9 @@ def test_resume_neither_repeats_nor_loses_an_evaluation(registry, tmp_path):
     assert (tmp_path / "b" / "eval" / "iter-000004.json").is_file()
     assert summary["eval_curve"] == straight_summary["eval_curve"]
     assert [p["iteration"] for p in summary["eval_curve"]] == [0, 2, 4, 6]
+    # 6 is written as "after" and iter-000006 (for a run that would continue); one point.
+    assert (tmp_path / "b" / "eval" / "iter-000006.json").is_file()
+    assert summary["eval_curve"][-1]["stage"] == "after"
 
 
 def test_resume_makes_up_an_evaluation_due_at_the_resumed_iteration(registry, tmp_path):
