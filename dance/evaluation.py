@@ -1,8 +1,10 @@
-"""Evaluation before and after training: fixed prompts and seeds, a deterministic sampler.
+"""Evaluation before, during and after training: fixed prompts and seeds, a deterministic sampler.
 
 With ``[evaluation]`` in a recipe, a run scores the same held-out prompts and seeds with the base
 model before its first iteration and with the trained weights after its last, and writes both to
-``summary.json`` with a before/after image grid.
+``summary.json`` with a before/after image grid. With ``evaluation.every = N`` it also scores them
+after every N-th iteration (``eval/iter-NNNNNN.json``); ``summary.json`` then holds the held-out
+curve (``eval_curve``) and ``eval_curve.png`` plots it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ class EvaluationConfig:
         "", "component of that reward reported as success_rate (a 0/1 score); empty = none"
     )
     batch_size: int = option(16, "images per forward pass", ge=1)
+    every: int = option(
+        0,
+        "also evaluate after every N-th iteration (eval/iter-NNNNNN.json, the curve in "
+        "summary.json); 0 = before and after training only",
+        ge=0,
+    )
 
 
 class Evaluator:

@@ -23,8 +23,35 @@ def save_evaluation(
     torch.save(pixels, folder / f"{stage}.pt")
 
 
+# The held-out figures the curve keeps (when the evaluation reports them).
+CURVE_FIGURES = ("reward_mean", "success_rate")
+
+
+def evaluation_curve(folder: Path, iterations: int) -> list[dict[str, Any]]:
+    """The held-out figures of every evaluation under ``folder`` (``eval/``), one point per
+    iteration in order: ``before``, every ``iter-NNNNNN`` and ``after``. Where two files score
+    the same weights (a run stopped and evaluated "after" at a periodic iteration), the later
+    stage is kept. Files of versions that did not record the iteration: before = 0, after =
+    ``iterations``."""
+    stages = [("before", 0)]
+    stages += [(p.stem, int(p.stem[len("iter-") :])) for p in sorted(folder.glob("iter-*.json"))]
+    stages.append(("after", iterations))
+    points: dict[int, dict[str, Any]] = {}
+    for stage, default_iteration in stages:
+        path = folder / f"{stage}.json"
+        if not path.is_file():
+            continue
+        figures = json.loads(path.read_text())
+        iteration = int(figures.get("iteration", default_iteration))
+        point: dict[str, Any] = {"iteration": iteration, "stage": stage}
+        point.update({k: figures[k] for k in CURVE_FIGURES if k in figures})
+        points[iteration] = point
+    return [points[i] for i in sorted(points)]
+
+
 def write_report(out: Path, iterations: int) -> dict[str, Any]:
-    """summary.json, reward_curve.png and, after an evaluation, eval_grid.png."""
+    """summary.json, reward_curve.png and, after an evaluation, eval_grid.png; with periodic
+    evaluations (``evaluation.every``) the held-out curve and eval_curve.png."""
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     curves = (
         {
@@ -41,6 +68,15 @@ def write_report(out: Path, iterations: int) -> dict[str, Any]:
         files["reward_curve"] = "reward_curve.png"
     report: dict[str, Any] = {"iterations": iterations, "files": files}
     folder = out / "eval"
+    curve = evaluation_curve(folder, iterations)
+    if any(p["stage"].startswith("iter-") for p in curve):  # evaluation.every was set
+        report["eval_curve"] = curve
+        series = {
+            f"held-out {key}": [(p["iteration"], p[key]) for p in curve if key in p]
+            for key in CURVE_FIGURES
+        }
+        line_chart(series, out / "eval_curve.png", "held-out evaluation per iteration")
+        files["eval_curve"] = "eval_curve.png"
     if (folder / "before.json").is_file() and (folder / "after.json").is_file():
         before_figures = json.loads((folder / "before.json").read_text())
         after_figures = json.loads((folder / "after.json").read_text())

@@ -179,6 +179,7 @@ class Trainer:
     def iteration(self, it: int) -> dict[str, float]:
         cfg, rt, layout = self.cfg, self.runtime, self.layout
         timings: dict[str, float] = {}
+        cpu_start = time.process_time()
         clock = time.perf_counter()
 
         # ---- rollout --------------------------------------------------------------------------
@@ -226,7 +227,11 @@ class Trainer:
             every_rank = dist.gather_to_main(media)  # [R * n, ...] on rank 0
             if every_rank is not None:
                 save_grid(every_rank[:total], self.output_dir / "samples" / f"iter-{it:06d}.png")
-        return self._metrics(gathered, gathered_components, advantages, update_stats, timings)
+        metrics = self._metrics(gathered, gathered_components, advantages, update_stats, timings)
+        # This process's CPU seconds in the iteration (all its threads): unlike the wall clock,
+        # not stretched by other jobs on a shared machine (benchmarks/objectives.py's budget).
+        metrics["cpu/iteration"] = time.process_time() - cpu_start
+        return metrics
 
     # ---- rollout ------------------------------------------------------------------------------
 
@@ -537,9 +542,16 @@ class Trainer:
         """Run the remaining iterations; Ctrl-C or SIGTERM stops after the current one, with a
         checkpoint (``summary["stopped_by"]`` names the signal).
 
-        With ``[evaluation]``, the held-out set is scored before the first iteration and after
-        the last; ``summary.json`` and ``reward_curve.png`` are written at the end. Every decision
-        that ranks share (evaluate before, stop) is taken once for the whole job.
+        With ``[evaluation]``, the held-out set is scored before the first iteration, after
+        every ``evaluation.every``-th iteration and after the last; ``summary.json`` and the
+        plots are written at the end. Every decision that ranks share (evaluate before, stop) is
+        taken once for the whole job.
+
+        A resumed run neither repeats nor loses a periodic evaluation: each one is written
+        before the checkpoint of its iteration, "after" is also written as the periodic file
+        of its iteration when that one is due (a run of 4 iterations with ``every = 2``
+        leaves ``iter-000004.json`` for the run that continues it), and one missing at the
+        resumed iteration (a run started with another ``evaluation.every``) is made up at once.
         """
         self.write_config()
         saved = self.resume() if resume else None  # the iteration of the newest checkpoint
@@ -550,6 +562,12 @@ class Trainer:
         )
         if evaluate_before:
             self.evaluate("before")
+        missed = dist.broadcast_object(
+            self._periodic_evaluation_due()
+            and not (self.output_dir / "eval" / f"{self._periodic_stage()}.json").exists()
+        )
+        if missed:
+            self.evaluate(self._periodic_stage())
         last: dict[str, float] = {}
         out = self.output_dir
         try:
@@ -564,6 +582,8 @@ class Trainer:
                         self._lifecycle_hook(
                             "after_iteration", iteration=it, metrics=last, output_dir=out
                         )
+                    if self._periodic_evaluation_due():  # before the checkpoint: see above
+                        self.evaluate(self._periodic_stage())
                     # A signal may reach some ranks only: all stop after the same iteration.
                     signal_number = dist.all_reduce(torch.tensor([self._stop_signal]), "max")
                     self.stopped_by = int(signal_number.item())
@@ -593,14 +613,31 @@ class Trainer:
             summary.update(write_report(self.output_dir, self.iteration_done))
         return summary
 
+    def _periodic_iteration(self) -> bool:
+        """Whether ``evaluation.every`` asks for an evaluation of the weights after
+        ``iteration_done`` iterations."""
+        every, done = self.recipe.evaluation.every, self.iteration_done
+        return self.evaluator is not None and every > 0 and done > 0 and done % every == 0
+
+    def _periodic_evaluation_due(self) -> bool:
+        """A periodic evaluation to run now: not after the last iteration, which "after"
+        scores (and writes under the periodic name too)."""
+        return self._periodic_iteration() and self.iteration_done < self.cfg.iterations
+
+    def _periodic_stage(self) -> str:
+        return f"iter-{self.iteration_done:06d}"
+
     def evaluate(self, stage: str) -> dict[str, Any]:
         """Score the evaluation set with the current weights, split over every rank; rank 0
-        keeps the figures and images under ``eval/``."""
+        keeps the figures and images under ``eval/``, with the iterations done so far."""
         assert self.evaluator is not None
         result, media = self.evaluator(self.policy)
+        result = {"iteration": self.iteration_done, **result}
         with dist.fail_together(f"the {stage} evaluation's files and hooks"):
             if media is not None:  # rank 0
                 save_evaluation(self.output_dir, stage, result, media)
+                if stage == "after" and self._periodic_iteration():
+                    save_evaluation(self.output_dir, self._periodic_stage(), result, media)
                 self._lifecycle_hook(
                     "after_evaluation", stage=stage, figures=result, output_dir=self.output_dir
                 )
