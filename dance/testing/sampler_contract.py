@@ -76,9 +76,9 @@ class SamplerContract:
     def test_per_sample_noise_is_the_samplers_own_gaussian(self, sampler):
         """The trainer draws each sample's noise from its own generator (the run then does not
         depend on how samples are batched or split over processes) through
-        :func:`dance.generate.step_per_sample`: ``mean + std * z`` of the deterministic step,
-        then the log-probability of that stored transition. That is the sampler's own draw."""
-        from dance.generate import step_per_sample
+        :func:`dance.sampling.generate.step_per_sample`: ``mean + std * z`` of the deterministic
+        step, then the log-probability of that stored transition. That is the sampler's own draw."""
+        from dance.sampling.generate import step_per_sample
 
         schedule = sampler.schedule()
         x, v = self._inputs(LATENT_SHAPES[1])

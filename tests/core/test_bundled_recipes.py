@@ -5,7 +5,7 @@ from importlib import resources
 
 import pytest
 
-from dance.recipe import read_recipe, resolve
+from dance.cli.recipe import read_recipe, resolve
 from dance.registry import load_registry
 
 RECIPES = sorted(

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import dance.registry
-from dance.cli import main
+from dance.cli.app import main
 from dance.registry import load_registry
 from dance.testing import toy_policy
 

@@ -2,11 +2,11 @@ import sys
 
 import pytest
 
+from dance.cli.recipe import apply_override, dumps_toml, parse_reward_arg, read_recipe
 from dance.config import build, describe, parse_value
 from dance.errors import ConfigError, UsageError
 from dance.objectives.grpo import GRPOConfig
-from dance.recipe import apply_override, dumps_toml, parse_reward_arg, read_recipe
-from dance.trainer_config import TrainerConfig
+from dance.training.trainer_config import TrainerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,7 +111,7 @@ def test_toml_writer_round_trips():
 
 
 def test_prompt_lists_from_packages():
-    from dance.data import read_prompts
+    from dance.training.prompts import read_prompts
 
     prompts = read_prompts("pkg:dance/data/prompts.txt")
     assert prompts == read_prompts("")
@@ -122,7 +122,7 @@ def test_prompt_lists_from_packages():
 
 
 def test_evaluation_section_is_checked():
-    from dance.recipe import resolve
+    from dance.cli.recipe import resolve
     from dance.registry import load_registry
     from dance.testing import toy_policy
 

@@ -284,7 +284,7 @@ def _dance_args(words: list[str], sub: str, tiny: Tiny, workdir: Path) -> tuple[
     """Overrides that shorten ``dance run`` / ``dance sample`` words (after the subcommand)."""
     import dataclasses
 
-    from dance.recipe import read_recipe
+    from dance.cli.recipe import read_recipe
     from dance.registry import get_registry
 
     extra: list[str] = []
@@ -357,8 +357,8 @@ def prepare(command: DocCommand, tiny: Tiny, workdir: Path) -> Prepared:
     elif program == "torchrun":
         # torch's launcher as a module: the same program, found whatever PATH holds.
         words = [sys.executable, "-m", "torch.distributed.run"] + _two_processes(words)[1:]
-        if "dance.cli" in words:
-            at = words.index("dance.cli") + 1
+        if "dance.cli.app" in words:
+            at = words.index("dance.cli.app") + 1
             extra, prepared.needs_open_clip = _dance_args(words[at + 1 :], words[at], tiny, workdir)
             words += extra + ["--no-progress"]
     elif program == "dance" and len(words) > 1 and words[1] in ("run", "sample"):

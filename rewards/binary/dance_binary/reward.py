@@ -17,7 +17,7 @@ import torch
 from dance.config import option
 from dance.errors import ConfigError, RewardError, did_you_mean
 from dance.interfaces import Modality, Prompt, Reward, RewardOutput, Runtime
-from dance.media import modality_of
+from dance.video.frames import modality_of
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Each reward implements :meth:`ClipFamilyReward.score_images` for a chunk of images (pixels in
 [0, 1] on the reward's device) and their prompt texts; :meth:`ClipFamilyReward.score` does the rest:
 
-* videos score as the mean over uniformly spaced frames (:mod:`dance.media`);
+* videos score as the mean over uniformly spaced frames (:mod:`dance.video.frames`);
 * images run through the model ``batch_size`` at a time;
 * an image with a non-finite pixel scores NaN (never a made-up value), without touching the
   other images of the batch: the trainer leaves NaN samples out or stops, as configured;
@@ -23,7 +23,7 @@ import torch
 
 from dance.config import option
 from dance.interfaces import Prompt, Reward, RewardOutput, Runtime
-from dance.media import frames_for_image_reward, mean_over_frames
+from dance.video.frames import frames_for_image_reward, mean_over_frames
 
 
 @dataclass

@@ -3,8 +3,8 @@ fine-tuned on human preference rankings of text-to-image outputs.
 
 Scores follow ``ImageReward.score(prompt, image)``: preprocessing (:mod:`.preprocess`),
 tokenisation (:mod:`.tokenizer`) and the network (:mod:`.model`), batched on tensors. A video scores
-as the mean over uniformly spaced frames (:mod:`dance.media`). An image with a non-finite pixel
-scores NaN, so the trainer leaves it out instead of learning from a made-up value.
+as the mean over uniformly spaced frames (:mod:`dance.video.frames`). An image with a non-finite
+pixel scores NaN, so the trainer leaves it out instead of learning from a made-up value.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from dance.config import option
 from dance.errors import ConfigError, ModelLayoutError
 from dance.interfaces import Prompt, Reward, RewardOutput, Runtime
-from dance.media import frames_for_image_reward, mean_over_frames
+from dance.video.frames import frames_for_image_reward, mean_over_frames
 from dance_imagereward.layout import DEFAULT_REPO, find_checkpoint, find_med_config
 from dance_imagereward.model import load_model
 from dance_imagereward.preprocess import preprocess

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from dance.config import option
-from dance.gaussian import log_prob_reduction_option
+from dance.sampling.gaussian import log_prob_reduction_option
 from dance_flow_samplers.common import RectifiedFlowSDE, SDEWindowConfig
 
 

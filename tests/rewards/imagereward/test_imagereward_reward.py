@@ -14,9 +14,9 @@ from imagereward_reference import reference_scores, reference_transform, to_pil
 from dance.config import build
 from dance.errors import ConfigError, ModelLayoutError
 from dance.interfaces import Prompt, Runtime
-from dance.media import frame_indices
 from dance.registry import load_registry
 from dance.testing.reward_contract import RewardContract
+from dance.video.frames import frame_indices
 from dance_imagereward import CLIP_STD, ImageReward, ImageRewardConfig, preprocess
 from dance_imagereward.tiny import vocabulary
 

@@ -236,7 +236,7 @@ def test_bad_config_is_one_clear_error(values, message):
 
 
 def test_registered_for_epsilon_policies():
-    from dance.recipe import DEFAULT_SAMPLER
+    from dance.cli.recipe import DEFAULT_SAMPLER
     from dance.registry import load_registry
 
     cls = load_registry().get("sampler", "ddim")

@@ -15,10 +15,10 @@ import torch
 
 import dance.distributed as dist
 from dance.config import option
-from dance.data import load_prompts
-from dance.generate import generate
 from dance.interfaces import Policy, Reward, Runtime
-from dance.layout import SampleLayout
+from dance.sampling.generate import generate
+from dance.training.layout import SampleLayout
+from dance.training.prompts import load_prompts
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Evaluator:
         runtime: Runtime,
         prediction_type: str = "flow",
     ) -> None:
-        from dance.recipe import DETERMINISTIC_SAMPLER
+        from dance.cli.recipe import DETERMINISTIC_SAMPLER
 
         self.config = config
         self.reward = reward
@@ -72,8 +72,8 @@ class Evaluator:
     def __call__(self, policy: Policy) -> tuple[dict[str, Any], torch.Tensor | None]:
         """The figures and the images ``[n, C, (F,) H, W]``. The figures hold the means and, under
         ``per_image``, each image's reward (and success) in prompt-then-seed order, so two stages
-        can be compared image by image (:mod:`dance.paired`); ``prompts`` is each image's prompt
-        in that order.
+        can be compared image by image (:mod:`dance.reporting.paired`); ``prompts`` is each image's
+        prompt in that order.
 
         Under several processes every rank generates and scores its share of the set (a
         collective: call it on every rank); every rank gets the figures, rank 0 alone the images

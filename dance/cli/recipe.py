@@ -40,9 +40,9 @@ from typing import Any
 
 from dance.config import build, parse_value, to_dict
 from dance.errors import ConfigError, UsageError, did_you_mean
-from dance.evaluation import EvaluationConfig
 from dance.files import read_text
-from dance.trainer_config import TrainerConfig
+from dance.training.evaluation import EvaluationConfig
+from dance.training.trainer_config import TrainerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

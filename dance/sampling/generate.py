@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from dance.checkpoint import WEIGHTS_DIR, latest_checkpoint
+from dance.cli.run_folders import latest_run, resolve_run_dir
 from dance.errors import UsageError
-from dance.gaussian import draw_noise
 from dance.interfaces import Conditioning, Policy, Prompt, Sampler, Schedule, StepOutput
-from dance.run_folders import latest_run, resolve_run_dir
-from dance.video_io import DEFAULT_FPS, write_mp4
+from dance.sampling.gaussian import draw_noise
+from dance.training.checkpoint import WEIGHTS_DIR, latest_checkpoint
+from dance.video.mp4 import DEFAULT_FPS, write_mp4
 
 if sys.version_info >= (3, 11):
     import tomllib
