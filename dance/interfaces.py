@@ -215,6 +215,13 @@ class Sampler(ABC):
     prediction_types: ClassVar[tuple[PredictionType, ...]]
     # False for deterministic samplers (ODE): they have no transition density and cannot train.
     stochastic: ClassVar[bool] = True
+    # The prediction types for which this sampler is the choice when a recipe names none (training)
+    # and when evaluation or `dance sample` names none (noise-free: deterministic_options make it
+    # so, e.g. DDIM's eta 0). The core names no sampler: it asks the registry which one declares
+    # itself (Registry.default_sampler, Registry.deterministic_sampler).
+    default_for: ClassVar[tuple[PredictionType, ...]] = ()
+    deterministic_for: ClassVar[tuple[PredictionType, ...]] = ()
+    deterministic_options: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, config: Any, runtime: Runtime) -> None:
         self.config = config

@@ -310,12 +310,7 @@ def sample(
     threads: Threads = None,
 ) -> None:
     """Generate images from a base model, optionally with trained weights (and Best-of-N)."""
-    from dance.cli.recipe import (
-        DETERMINISTIC_SAMPLER,
-        apply_override,
-        parse_reward_arg,
-        resolve_reward,
-    )
+    from dance.cli.recipe import apply_override, parse_reward_arg, resolve_reward
     from dance.cli.threads import use_threads
     from dance.config import build, to_dict
     from dance.files import check_writable_dir
@@ -358,7 +353,7 @@ def sample(
     policy_cls = registry.get("policy", policy_name)
     policy_obj = policy_cls(build(policy_cls.config_class, raw["policy"], "policy."), runtime)
     if not sampler:
-        sampler, defaults = DETERMINISTIC_SAMPLER[policy_cls.prediction_type]
+        sampler, defaults = registry.deterministic_sampler(policy_cls.prediction_type)
         raw["sampler"] = {**defaults, **raw["sampler"]}
     sampler_cls = registry.get("sampler", sampler)
     sampler_cfg = build(sampler_cls.config_class, raw["sampler"], "sampler.")

@@ -61,12 +61,6 @@ MOVED_TO_OBJECTIVE = (
     "old_log_probs",
 )
 REWARD_KEYS = ("name", "weight", "component")
-DEFAULT_SAMPLER = {"flow": "dance-sde", "epsilon": "ddim"}
-# Evaluation and `dance sample`: the noise-free sampler of each kind of model, with its options.
-DETERMINISTIC_SAMPLER: dict[str, tuple[str, dict[str, Any]]] = {
-    "flow": ("ode", {}),
-    "epsilon": ("ddim", {"eta": 0.0}),
-}
 
 
 @dataclass
@@ -251,8 +245,8 @@ def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
     policy_cfg = build(policy_cls.config_class, policy_raw, prefix="policy.")
 
     sampler_raw = dict(raw.get("sampler", {}))
-    sampler_name = sampler_raw.pop("name", None) or DEFAULT_SAMPLER.get(
-        policy_cls.prediction_type, ""
+    sampler_name = sampler_raw.pop("name", None) or registry.default_sampler(
+        policy_cls.prediction_type
     )
     sampler_cls = registry.get("sampler", sampler_name)
     if policy_cls.prediction_type not in sampler_cls.prediction_types:

@@ -123,10 +123,8 @@ class PolicyContract:
     @pytest.fixture
     def sampler_name(self, policy_options, registry) -> str:
         """The sampler ``dance run`` picks for this policy by default."""
-        from dance.cli.recipe import DEFAULT_SAMPLER
-
         cls = registry.get("policy", policy_options["name"])
-        return DEFAULT_SAMPLER[cls.prediction_type]
+        return registry.default_sampler(cls.prediction_type)
 
     # ---- helpers --------------------------------------------------------------------------------
 

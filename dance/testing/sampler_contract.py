@@ -13,6 +13,8 @@ Subclass :class:`SamplerContract` in a test module and provide a ``sampler`` fix
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -29,6 +31,18 @@ class SamplerContract:
     def _inputs(self, shape, seed=0):
         g = torch.Generator().manual_seed(seed)
         return torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+
+    def test_declared_roles(self, sampler):
+        # default_for / deterministic_for: only for prediction types the sampler handles; the
+        # training default must be able to train, and the noise-free options must be its config's.
+        cls = type(sampler)
+        for kinds in (cls.default_for, cls.deterministic_for):
+            assert set(kinds) <= set(cls.prediction_types), (kinds, cls.prediction_types)
+        assert cls.stochastic or not cls.default_for, "a training default must be stochastic"
+        fields = {f.name for f in dataclasses.fields(cls.config_class)}
+        assert set(cls.deterministic_options) <= fields, cls.deterministic_options
+        if cls.deterministic_for:
+            cls.config_class(**cls.deterministic_options)
 
     def test_schedule_shapes(self, sampler):
         schedule = sampler.schedule()

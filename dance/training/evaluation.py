@@ -50,14 +50,12 @@ class Evaluator:
         runtime: Runtime,
         prediction_type: str = "flow",
     ) -> None:
-        from dance.cli.recipe import DETERMINISTIC_SAMPLER
-
         self.config = config
         self.reward = reward
         self.runtime = runtime
         name, defaults = config.sampler, {}
         if not name:
-            name, defaults = DETERMINISTIC_SAMPLER[prediction_type]
+            name, defaults = registry.deterministic_sampler(prediction_type)
         # Evaluate on the schedule the policy is trained with: every training sampler option the
         # evaluation sampler also has (shift; DDIM's beta table and spacing), then the
         # deterministic defaults (DDIM's eta 0) and the evaluation's own number of steps.

@@ -115,6 +115,10 @@ class DDIMSampler(Sampler):
     config_class = DDIMConfig
     prediction_types = ("epsilon",)
     stochastic = True
+    # DDPO's / DanceGRPO's sampler for diffusion models, and with eta 0 their noise-free DDIM.
+    default_for = ("epsilon",)
+    deterministic_for = ("epsilon",)
+    deterministic_options = {"eta": 0.0}
 
     def schedule(
         self, num_steps: int | None = None, device: torch.device | None = None
