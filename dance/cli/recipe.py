@@ -25,7 +25,8 @@
 Bundled recipes live in ``dance/recipes/`` and are found by name; a path to a TOML file works too.
 ``key=value`` overrides address any field: ``trainer.learning_rate=1e-5``, ``policy.height=512``,
 ``rewards.jpeg-compressibility.weight=2`` (or ``rewards.0.weight=2``). A resolved recipe, with every
-default filled in, is what a run writes to ``config.toml``; it loads again as a recipe.
+default filled in, is what a run writes to ``config.toml``; it loads again as a recipe. The
+resolved form, which the trainer receives, is :class:`dance.training.run_config.Recipe`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from dance.config import build, parse_value, to_dict
 from dance.errors import ConfigError, UsageError, did_you_mean
 from dance.files import read_text
 from dance.training.evaluation import EvaluationConfig
+from dance.training.run_config import DEFAULT_OBJECTIVE, Recipe, RewardSpec
 from dance.training.trainer_config import TrainerConfig
 
 if sys.version_info >= (3, 11):
@@ -50,7 +52,6 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SECTIONS = ("policy", "sampler", "rewards", "advantage", "objective", "trainer", "evaluation")
-DEFAULT_OBJECTIVE = "grpo"
 # [trainer] keys of recipes written before objectives were plugins: GRPO's settings, now in
 # [objective]. Old recipes and overrides still work, with a note saying where the key went.
 MOVED_TO_OBJECTIVE = (
@@ -61,56 +62,6 @@ MOVED_TO_OBJECTIVE = (
     "old_log_probs",
 )
 REWARD_KEYS = ("name", "weight", "component")
-
-
-@dataclass
-class RewardSpec:
-    """One reward of a recipe: which reward, its weight, which component, and its config."""
-
-    name: str
-    weight: float = 1.0
-    component: str = ""  # "" = the reward's first (main) component
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}.{self.component}" if self.component else self.name
-
-
-@dataclass
-class Recipe:
-    """A resolved recipe: component names with their config values, and the trainer config."""
-
-    policy: str
-    policy_options: dict[str, Any]
-    sampler: str
-    sampler_options: dict[str, Any]
-    rewards: list[RewardSpec]
-    advantage: str
-    advantage_options: dict[str, Any]
-    trainer: TrainerConfig
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    objective: str = DEFAULT_OBJECTIVE
-    objective_options: dict[str, Any] = field(default_factory=dict)
-
-    def to_toml_dict(self) -> dict[str, Any]:
-        return {
-            "policy": {"name": self.policy, **self.policy_options},
-            "sampler": {"name": self.sampler, **self.sampler_options},
-            "rewards": [
-                {
-                    "name": r.name,
-                    "weight": r.weight,
-                    **({"component": r.component} if r.component else {}),
-                    **r.options,
-                }
-                for r in self.rewards
-            ],
-            "advantage": {"name": self.advantage, **self.advantage_options},
-            "objective": {"name": self.objective, **self.objective_options},
-            "trainer": to_dict(self.trainer),
-            "evaluation": to_dict(self.evaluation),
-        }
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -365,43 +316,3 @@ def resolve_reward(entry: dict[str, Any], policy_cls: type, registry: Any) -> Re
 @dataclass
 class _Weight:
     weight: float = dataclasses.field(default=1.0, metadata={"help": "reward weight"})
-
-
-# -- writing -------------------------------------------------------------------------------------
-
-
-def dumps_toml(data: dict[str, Any]) -> str:
-    """Write a recipe dict as TOML (tables, arrays of tables, and scalar or list values)."""
-    lines: list[str] = []
-    scalars = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
-    for k, v in scalars.items():
-        lines.append(f"{_key(k)} = {_value(v)}")
-    for k, v in data.items():
-        if isinstance(v, dict):
-            lines += ["", f"[{_key(k)}]"] + [f"{_key(a)} = {_value(b)}" for a, b in v.items()]
-        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-            for item in v:
-                lines += ["", f"[[{_key(k)}]]"]
-                lines += [f"{_key(a)} = {_value(b)}" for a, b in item.items()]
-        elif isinstance(v, list):
-            lines.insert(len(scalars), f"{_key(k)} = {_value(v)}")
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else _value(k)
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v) if not (isinstance(v, float) and v != v) else "nan"
-    if isinstance(v, str):
-        escaped = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{_key(a)} = {_value(b)}" for a, b in v.items()) + " }"
-    raise ConfigError(f"cannot write {v!r} to TOML")

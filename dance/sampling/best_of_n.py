@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from dance.cli.recipe import RewardSpec
 from dance.errors import RewardError
 from dance.interfaces import Policy, Prompt, Reward, Sampler
 from dance.sampling.generate import generate
+from dance.training.run_config import RewardSpec
 
 
 def select_extremes(advantages: torch.Tensor, group_ids: torch.Tensor, k: int) -> torch.Tensor:

@@ -33,7 +33,6 @@ from typing import Any
 import torch
 
 import dance.distributed as dist
-from dance.cli.recipe import Recipe, RewardSpec, dumps_toml
 from dance.errors import RewardError, RunError, UsageError
 from dance.interfaces import Prompt, Reward, Rollout, Runtime, TrainBatch, TrainingContext
 from dance.registry import Registry, get_registry
@@ -60,6 +59,7 @@ from dance.training.layout import (
     rank_micro_batches,
 )
 from dance.training.prompts import PromptSource, read_prompts
+from dance.training.run_config import Recipe, RewardSpec, dumps_toml
 from dance.training.sharding import clip_gradients, shard_policy, sum_replicated_gradients
 
 

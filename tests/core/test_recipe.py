@@ -2,10 +2,11 @@ import sys
 
 import pytest
 
-from dance.cli.recipe import apply_override, dumps_toml, parse_reward_arg, read_recipe
+from dance.cli.recipe import apply_override, parse_reward_arg, read_recipe
 from dance.config import build, describe, parse_value
 from dance.errors import ConfigError, UsageError
 from dance.objectives.grpo import GRPOConfig
+from dance.training.run_config import dumps_toml
 from dance.training.trainer_config import TrainerConfig
 
 if sys.version_info >= (3, 11):
