@@ -17,7 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from dance.cli.run_folders import (
+from dance.errors import RunError, UsageError
+from dance.reporting.run_folders import (
     LATEST,
     RUNS_ROOT,
     choose_run_dir,
@@ -25,7 +26,6 @@ from dance.cli.run_folders import (
     remove_if_unused,
     resolve_run_dir,
 )
-from dance.errors import RunError, UsageError
 
 # Recent typer releases vendor click, older ones use click itself: reach the class through typer.
 _ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")

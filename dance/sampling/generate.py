@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from dance.cli.run_folders import latest_run, resolve_run_dir
 from dance.errors import UsageError
 from dance.interfaces import Conditioning, Policy, Prompt, Sampler, Schedule, StepOutput
+from dance.reporting.run_folders import latest_run, resolve_run_dir
 from dance.sampling.gaussian import draw_noise
 from dance.training.checkpoint import WEIGHTS_DIR, latest_checkpoint
 from dance.video.mp4 import DEFAULT_FPS, write_mp4
