@@ -1,5 +1,7 @@
 """Recipes: TOML files composing a policy, a sampler, rewards, an advantage and trainer settings.
 
+    requires = ["dance-flux", "dance-jpeg"]   # optional: the plugin distributions it needs
+
     [policy]
     name = "flux"              # registry name; every other key is a field of the policy's config
     model = "/models/FLUX.1-dev"
@@ -35,7 +37,7 @@ import copy
 import dataclasses
 import sys
 from dataclasses import dataclass
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SECTIONS = ("policy", "sampler", "rewards", "advantage", "objective", "trainer", "evaluation")
+# The one top-level key besides the sections: the plugin distributions the recipe needs
+# (``requires = ["dance-flux", "dance-shapes"]``), checked when the recipe is read.
+REQUIRES = "requires"
 # [trainer] keys of recipes written before objectives were plugins: GRPO's settings, now in
 # [objective]. Old recipes and overrides still work, with a note saying where the key went.
 MOVED_TO_OBJECTIVE = (
@@ -90,7 +95,30 @@ def read_recipe(name_or_path: str) -> dict[str, Any]:
         where = f"bundled recipe '{name_or_path}'"
     raw = parse_toml(text, where)
     check_sections(raw, where)
+    check_requirements(raw, where)
     return raw
+
+
+def check_requirements(raw: dict[str, Any], where: str) -> None:
+    """One UsageError line naming the plugin distributions the recipe ``requires`` that are not
+    installed: the dependency of a recipe on its plugins is declared in the recipe, not in code."""
+    missing = [name for name in raw.get(REQUIRES, []) if not _installed(name)]
+    if missing:
+        them = "them" if len(missing) > 1 else "it"
+        raise UsageError(
+            f"{where} needs the plugin distribution{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)}, not installed: install {them} (in a dance checkout, "
+            "`pip install -r requirements-dev.txt` installs every built-in plugin), or choose "
+            "another recipe."
+        )
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def parse_toml(text: str, where: str) -> dict[str, Any]:
@@ -103,6 +131,13 @@ def parse_toml(text: str, where: str) -> dict[str, Any]:
 
 def check_sections(raw: dict[str, Any], where: str) -> None:
     for key, value in raw.items():
+        if key == REQUIRES:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(
+                    f"{where}: '{REQUIRES}' must be a list of plugin distribution names, e.g. "
+                    'requires = ["dance-flux"].'
+                )
+            continue
         if key not in SECTIONS:
             raise ConfigError(
                 f"{where}: unknown section '{key}'.{did_you_mean(key, SECTIONS)}"
@@ -243,6 +278,7 @@ def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
         evaluation=evaluation,
         objective=obj_name,
         objective_options=to_dict(obj_cfg),
+        requires=list(raw.get(REQUIRES, [])),
     )
 
 

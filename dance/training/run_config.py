@@ -49,9 +49,13 @@ class Recipe:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     objective: str = DEFAULT_OBJECTIVE
     objective_options: dict[str, Any] = field(default_factory=dict)
+    # The plugin distributions the recipe declared it needs (kept so that config.toml declares
+    # them too).
+    requires: list[str] = field(default_factory=list)
 
     def to_toml_dict(self) -> dict[str, Any]:
         return {
+            **({"requires": list(self.requires)} if self.requires else {}),
             "policy": {"name": self.policy, **self.policy_options},
             "sampler": {"name": self.sampler, **self.sampler_options},
             "rewards": [

@@ -138,3 +138,27 @@ def test_evaluation_section_is_checked():
     raw["evaluation"] = {"prompts": "x.txt", "success": "success"}
     with pytest.raises(ConfigError, match="has no component 'success'"):
         resolve(raw, registry)
+
+
+def test_a_recipe_declares_the_plugins_it_needs(tmp_path, monkeypatch):
+    recipe = tmp_path / "needs.toml"
+    recipe.write_text('requires = ["dance-jpeg", "dance-no-such-plugin"]\n[trainer]\n')
+    with pytest.raises(
+        UsageError,
+        match=r"needs.toml needs the plugin distribution "
+        r"dance-no-such-plugin, not installed: install it",
+    ):
+        read_recipe(str(recipe))
+    recipe.write_text('requires = "dance-jpeg"\n')
+    with pytest.raises(ConfigError, match="'requires' must be a list of plugin distribution"):
+        read_recipe(str(recipe))
+
+
+def test_the_resolved_recipe_keeps_its_requirements():
+    from dance.cli.recipe import resolve
+    from dance.registry import load_registry
+
+    recipe = resolve(read_recipe("demo"), load_registry())
+    assert "dance-shapes" in recipe.requires
+    written = tomllib.loads(dumps_toml(recipe.to_toml_dict()))
+    assert written["requires"] == recipe.requires

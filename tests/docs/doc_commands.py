@@ -357,8 +357,8 @@ def prepare(command: DocCommand, tiny: Tiny, workdir: Path) -> Prepared:
     elif program == "torchrun":
         # torch's launcher as a module: the same program, found whatever PATH holds.
         words = [sys.executable, "-m", "torch.distributed.run"] + _two_processes(words)[1:]
-        if "dance.cli.app" in words:
-            at = words.index("dance.cli.app") + 1
+        if "dance.cli" in words:
+            at = words.index("dance.cli") + 1
             extra, prepared.needs_open_clip = _dance_args(words[at + 1 :], words[at], tiny, workdir)
             words += extra + ["--no-progress"]
     elif program == "dance" and len(words) > 1 and words[1] in ("run", "sample"):
