@@ -50,11 +50,11 @@ def main() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    from dance.cli.trained import resolve_trained
     from dance.interfaces import Runtime
     from dance.registry import get_registry
     from dance.reporting.plots import overlay_chart
     from dance.sampling.best_of_n import expected_best_of_n
-    from dance.sampling.generate import resolve_trained
     from dance.training.prompts import read_prompts
 
     diffusers_logging.disable_progress_bar()

@@ -312,12 +312,13 @@ def sample(
     """Generate images from a base model, optionally with trained weights (and Best-of-N)."""
     from dance.cli.recipe import apply_override, parse_reward_arg, resolve_reward
     from dance.cli.threads import use_threads
+    from dance.cli.trained import resolve_trained
     from dance.config import build, to_dict
     from dance.files import check_writable_dir
     from dance.interfaces import Runtime
     from dance.registry import get_registry
     from dance.sampling.best_of_n import sample_best_of_n
-    from dance.sampling.generate import generate, resolve_trained, save_media
+    from dance.sampling.generate import generate, save_media
     from dance.training.prompts import PromptEntry, read_prompts
 
     _quiet_libraries()

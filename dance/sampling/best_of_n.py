@@ -16,14 +16,16 @@ rank then trains the chosen samples it holds (:mod:`dance.training.layout`).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dance.errors import RewardError
 from dance.interfaces import Policy, Prompt, Reward, Sampler
 from dance.sampling.generate import generate
-from dance.training.run_config import RewardSpec
+
+if TYPE_CHECKING:  # a type only: sampling imports nothing from training
+    from dance.training.run_config import RewardSpec
 
 
 def select_extremes(advantages: torch.Tensor, group_ids: torch.Tensor, k: int) -> torch.Tensor:
