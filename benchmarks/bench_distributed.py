@@ -32,9 +32,9 @@ import torch
 def worker(args: argparse.Namespace) -> None:
     import dance
     import dance.distributed as dist
-    from dance.recipe import resolve
+    from dance.cli.recipe import resolve
     from dance.registry import get_registry
-    from dance.sharding import local_bytes
+    from dance.training.sharding import local_bytes
     from dance.training.trainer import Trainer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -26,7 +26,7 @@ import torch
 
 def build_trainer(model: Path, args: argparse.Namespace, out: Path, **trainer):
     import dance
-    from dance.recipe import resolve
+    from dance.cli.recipe import resolve
     from dance.registry import get_registry
     from dance.training.trainer import Trainer
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 
 def build_demo_trainer(out: Path):
+    from dance.cli.recipe import read_recipe, resolve
     from dance.interfaces import Runtime
-    from dance.recipe import read_recipe, resolve
     from dance.registry import get_registry
     from dance.training.trainer import Trainer
 

@@ -25,8 +25,8 @@ POLICY = {"model": "bundled:shapes", "height": 64, "width": 64, "max_sequence_le
 
 
 def measure(policy, sampler, reward, prompts, m: int, batch: int) -> dict[str, torch.Tensor]:
-    from dance.generate import generate
     from dance.interfaces import Prompt
+    from dance.sampling.generate import generate
 
     scores, success = [], []
     for text in prompts:
@@ -50,12 +50,12 @@ def main() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from dance.best_of_n import expected_best_of_n
-    from dance.data import read_prompts
-    from dance.generate import resolve_trained
+    from dance.cli.trained import resolve_trained
     from dance.interfaces import Runtime
-    from dance.plots import overlay_chart
     from dance.registry import get_registry
+    from dance.reporting.plots import overlay_chart
+    from dance.sampling.best_of_n import expected_best_of_n
+    from dance.training.prompts import read_prompts
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()

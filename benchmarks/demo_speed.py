@@ -4,7 +4,8 @@
     OMP_NUM_THREADS=1 python benchmarks/demo_speed.py --iterations 5  # a quick estimate
 
 Runs the demo recipe as it was (`OLD_OVERRIDES` on top of today's `dance/recipes/demo.toml`, and
-the sampling loop computing every row, as it did before `dance.generate.predict_distinct`) and the
+the sampling loop computing every row, as it did before
+`dance.sampling.generate.predict_distinct`) and the
 demo recipe as it is, in two processes started together, so that both see the same load on a
 shared machine. Each process counts its own CPU seconds (`time.process_time`: user + system, all
 threads) for the start-up (imports, model loading), each evaluation, each iteration and the rest
@@ -37,16 +38,18 @@ def child(side: str, iterations: int | None, out: Path) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    import dance.generate
-    from dance.cli import _raw_recipe
+    import dance.sampling.generate
+    from dance.cli.app import _raw_recipe
+    from dance.cli.recipe import resolve
     from dance.interfaces import Runtime
-    from dance.recipe import resolve
     from dance.registry import get_registry
     from dance.training.trainer import Trainer
 
     overrides = list(OLD_OVERRIDES) if side == "old" else []
     if side == "old":  # every row computed, as before predict_distinct
-        dance.generate.predict_distinct = lambda policy, x, t, cond: policy.predict(x, t, cond)
+        dance.sampling.generate.predict_distinct = lambda policy, x, t, cond: policy.predict(
+            x, t, cond
+        )
     registry = get_registry()
     recipe = resolve(_raw_recipe("demo", None, None, None, None, overrides), registry)
     full_iterations = recipe.trainer.iterations

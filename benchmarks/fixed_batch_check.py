@@ -27,8 +27,8 @@ MODES = ("real", "negated", "random")
 
 
 def run(mode: str, args: argparse.Namespace, out: Path) -> list[float]:
+    from dance.cli.recipe import apply_override, parse_reward_arg, read_recipe, resolve
     from dance.interfaces import Runtime
-    from dance.recipe import apply_override, parse_reward_arg, read_recipe, resolve
     from dance.registry import get_registry
     from dance.training.trainer import Trainer
 

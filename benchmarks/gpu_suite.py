@@ -4,11 +4,12 @@
     python benchmarks/gpu_suite.py --tiny --out t.json   # the same code on tiny models, on CPU
     python benchmarks/gpu_suite.py --policies flux,sd --budget-s 300 --peak-tflops 989
 
-Policies come from the plugins' ``register_benchmark_specs`` hook (dance.bench_spec): each names
-its bundled recipe with DanceGRPO's setting, the full-size configs of its networks (written from
+Policies come from the plugins' ``register_benchmark_specs`` hook (dance.models.bench_spec): each
+names its bundled recipe with DanceGRPO's setting, the full-size configs of its networks (written
+from
 the published config.json files) and its tiny counterpart. Networks are built from those configs
 with random bf16 weights, materialised directly on the device (meta-device construction, then
-``to_empty`` and an initialiser: dance.random_weights), and loaded through the policy's own
+``to_empty`` and an initialiser: dance.models.random_weights), and loaded through the policy's own
 ``from_pretrained`` calls, so what is measured is dance's code on networks of the real size.
 
 For each policy, at the published setting:
@@ -96,7 +97,7 @@ def peak_flops(device: torch.device, override_tflops: float | None) -> tuple[flo
 def memory_variants(offloaded: bool) -> list[tuple[dict[str, Any], str | None]]:
     """Options that should make a setting fit, each with why it cannot be tried (or None);
     ``offloaded``: the setting keeps its frozen parts in CPU memory already."""
-    from dance.trainer_config import TrainerConfig
+    from dance.training.trainer_config import TrainerConfig
 
     variants: list[tuple[dict[str, Any], str | None]] = []
     if not offloaded:
@@ -113,7 +114,7 @@ def memory_variants(offloaded: bool) -> list[tuple[dict[str, Any], str | None]]:
 
 def run_policy(spec: Any, ctx: SuiteContext, estimate_s: float) -> dict[str, Any]:
     """The policy as published; on running out of memory, each memory option in turn."""
-    from dance.recipe import read_recipe
+    from dance.cli.recipe import read_recipe
 
     head = {"policy": spec.policy, "model": spec.model, "config_sources": dict(spec.config_sources)}
     attempts: list[dict[str, Any]] = []
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from dance.bench_spec import benchmark_specs
+    from dance.models.bench_spec import benchmark_specs
     from dance.registry import get_registry
 
     diffusers_logging.disable_progress_bar()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dance.bench_spec import BenchmarkSpec
+from dance.models.bench_spec import BenchmarkSpec
 from dance.training.trainer import Trainer
 
 if TYPE_CHECKING:

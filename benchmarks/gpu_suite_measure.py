@@ -21,12 +21,12 @@ from gpu_suite_compare import compare_estimate_s, compare_with_diffusers
 from torch.utils.flop_counter import FlopCounterMode
 
 import dance
-from dance.bench_spec import BenchmarkSpec
-from dance.generate import denoise
+from dance.cli.recipe import read_recipe, resolve
 from dance.interfaces import Prompt, Rollout
-from dance.layout import SampleLayout
-from dance.random_weights import random_weights, write_random_layout
-from dance.recipe import read_recipe, resolve
+from dance.models.bench_spec import BenchmarkSpec
+from dance.models.random_weights import random_weights, write_random_layout
+from dance.sampling.generate import denoise
+from dance.training.layout import SampleLayout
 from dance.training.trainer import Trainer
 
 GIB = 2**30

@@ -8,12 +8,12 @@ network of the real size:
   architectures from open_clip's bundled model configs, random bf16 weights as a safetensors file;
 * ``pickscore``: a transformers ``CLIPModel`` folder with PickScore_v1's sizes
   (gpu_suite_configs/pickscore-v1.json) loaded with random weights through
-  :mod:`dance.random_weights`, and a ``CLIPProcessor`` folder with the laion processor's 224-pixel
-  preprocessing;
+  :mod:`dance.models.random_weights`, and a ``CLIPProcessor`` folder with the laion processor's
+  224-pixel preprocessing;
 * ``videoalign``: a Qwen2-VL-Instruct base folder with Qwen2-VL-2B-Instruct's sizes
   (gpu_suite_configs/qwen2-vl-2b-instruct.json) loaded with random weights through
-  :mod:`dance.random_weights`, and VideoReward's ``model.pth`` holding the whole LoRA-wrapped model
-  (rank 64, as the released VideoReward) drawn at random.
+  :mod:`dance.models.random_weights`, and VideoReward's ``model.pth`` holding the whole LoRA-wrapped
+  model (rank 64, as the released VideoReward) drawn at random.
 
 ``--tiny`` writes the rewards' tiny counterparts (their plugins' tiny.py builders) instead. A
 reward the suite does not know keeps its recipe entry unchanged (weight-free rewards need nothing).
@@ -98,7 +98,7 @@ class RewardFiles:
         import open_clip
         from safetensors.torch import save_file
 
-        from dance.random_weights import ParametersOnMeta, materialise
+        from dance.models.random_weights import ParametersOnMeta, materialise
 
         # The class create_model builds, from the same model config (create_model itself moves
         # the model to a device, which meta parameters cannot do).
@@ -127,7 +127,7 @@ class RewardFiles:
         laion processor's 224-pixel preprocessing."""
         from transformers import CLIPImageProcessor, CLIPProcessor
 
-        from dance.random_weights import write_random_layout
+        from dance.models.random_weights import write_random_layout
         from dance_clip_rewards.tiny import clip_tokenizer
 
         config = json.loads((model / "config.json").read_text())
@@ -156,7 +156,7 @@ class RewardFiles:
             from dance_videoalign.tiny import build_tiny_videoalign
 
             return {"model": str(build_tiny_videoalign(self.root / "videoalign"))}
-        from dance.random_weights import random_weights, write_random_layout
+        from dance.models.random_weights import random_weights, write_random_layout
         from dance_videoalign.checkpoint import build_peft_model, to_legacy_keys
         from dance_videoalign.tiny import build_base, model_config
 

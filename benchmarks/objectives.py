@@ -28,14 +28,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
 
+from dance.cli.recipe import apply_override, dumps_toml, read_recipe, resolve
 from dance.errors import UsageError
-from dance.recipe import apply_override, dumps_toml, read_recipe, resolve
 from dance.registry import get_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny runs: a check, not a result")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "objectives.md")
     parser.add_argument("--work", type=Path, help="where the runs go (default: a temp folder)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at the same time (each one process; the budget is CPU time, so runs in "
+        "parallel spend the same budget)",
+    )
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     quick = args.quick
@@ -291,23 +299,24 @@ def main(argv: list[str] | None = None) -> int:
     extra = [*COMMON, f"evaluation.every={args.every}", *(QUICK if quick else [])]
 
     settings = [s for s in SETTINGS if not args.only or s.label.startswith(tuple(args.only))]
-    results: dict[str, list[dict[str, Any]]] = {}
     skipped: list[str] = []
-    for index, setting in enumerate(settings):
-        try:
-            build_recipe(setting, extra)
-        except UsageError as exc:  # a plugin, recipe or option that is not installed
-            message = f"{setting.label}: {exc}"
-            print(f"skipped {message}", file=sys.stderr)
-            skipped.append(message)
-            continue
-        runs = []
-        for seed in args.seeds:
-            recipe = build_recipe(setting, [*extra, f"trainer.seed={seed}"])
-            out = work / f"setting{index}" / f"seed{seed}"
-            print(f"{setting.label}, seed {seed}: {out}", file=sys.stderr)
-            runs.append(train(recipe, out, args.budget))
-        results[setting.label] = runs
+    jobs: dict[str, list[Any]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # threads wait on processes
+        for index, setting in enumerate(settings):
+            try:
+                build_recipe(setting, extra)
+            except UsageError as exc:  # a plugin, recipe or option that is not installed
+                message = f"{setting.label}: {exc}"
+                print(f"skipped {message}", file=sys.stderr)
+                skipped.append(message)
+                continue
+            jobs[setting.label] = []
+            for seed in args.seeds:
+                recipe = build_recipe(setting, [*extra, f"trainer.seed={seed}"])
+                out = work / f"setting{index}" / f"seed{seed}"
+                print(f"{setting.label}, seed {seed}: {out}", file=sys.stderr)
+                jobs[setting.label].append(pool.submit(train, recipe, out, args.budget))
+        results = {label: [job.result() for job in runs] for label, runs in jobs.items()}
 
     baseline = next((s.label for s in settings if s.baseline and s.label in results), None)
     target = None

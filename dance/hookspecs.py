@@ -78,8 +78,8 @@ def register_loggers(register: Callable[[type], None]) -> None:
 
 @hookspec
 def register_benchmark_specs(register: Callable[[object], None]) -> None:
-    """Register :class:`dance.bench_spec.BenchmarkSpec` objects (one per policy): what the GPU
-    suite (benchmarks/gpu_suite.py) needs to measure a policy at its published setting on
+    """Register :class:`dance.models.bench_spec.BenchmarkSpec` objects (one per policy): what the
+    GPU suite (benchmarks/gpu_suite.py) needs to measure a policy at its published setting on
     full-size random-weight networks. Optional; a policy without one is left out of the suite."""
 
 

@@ -217,6 +217,13 @@ class Sampler(ABC):
     prediction_types: ClassVar[tuple[PredictionType, ...]]
     # False for deterministic samplers (ODE): they have no transition density and cannot train.
     stochastic: ClassVar[bool] = True
+    # The prediction types for which this sampler is the choice when a recipe names none (training)
+    # and when evaluation or `dance sample` names none (noise-free: deterministic_options make it
+    # so, e.g. DDIM's eta 0). The core names no sampler: it asks the registry which one declares
+    # itself (Registry.default_sampler, Registry.deterministic_sampler).
+    default_for: ClassVar[tuple[PredictionType, ...]] = ()
+    deterministic_for: ClassVar[tuple[PredictionType, ...]] = ()
+    deterministic_options: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, config: Any, runtime: Runtime) -> None:
         self.config = config
@@ -273,11 +280,20 @@ RewardOutput = dict[str, torch.Tensor]
 
 
 class Reward(ABC):
-    """Scores a batch of decoded media against prompts."""
+    """Scores a batch of decoded media against prompts.
+
+    ``modalities`` and ``differentiable`` say what the class can do, for the recipe to check before
+    anything is built; an instance whose config narrows that (a wrapper over an image-only reward,
+    gradients only when asked for) says so through :meth:`accepts` and :meth:`is_differentiable`,
+    never by overwriting the class attributes.
+    """
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    # Every modality an instance of this class may accept.
     modalities: ClassVar[tuple[Modality, ...]] = ("image",)
+    # Whether an instance may keep the graph from pixels to scores (always, or when its config
+    # asks: see is_differentiable).
     differentiable: ClassVar[bool] = False
     # Names of the components :meth:`score` returns; the first is the default one.
     components: ClassVar[tuple[str, ...]]
@@ -291,8 +307,15 @@ class Reward(ABC):
         """Score pixels in [0, 1] (``[B, C, H, W]`` or ``[B, C, F, H, W]``) for their prompts."""
 
     def accepts(self, modality: Modality) -> bool:
-        """Whether this instance scores ``modality`` (a wrapper may narrow its class's list)."""
-        return modality in self.modalities
+        """Whether this instance scores ``modality``: one of the class's ``modalities``; a reward
+        whose config narrows them overrides this."""
+        return modality in type(self).modalities
+
+    def is_differentiable(self) -> bool:
+        """Whether this instance's main scores keep their graph back to the media. The class's
+        ``differentiable``; a reward where gradients are an option of its config overrides this
+        (never True when the class says False)."""
+        return type(self).differentiable
 
 
 class Advantage(ABC):

@@ -3,7 +3,7 @@ plugin registers its own (see :mod:`dance.hookspecs` and :class:`dance.interface
 
 - ``jsonl``: ``metrics.jsonl``, one JSON object per iteration. The run's own record: the run
   report (summary.json, reward_curve.png) reads it, so ``trainer.loggers`` must list it.
-- ``tensorboard``: scalar events under ``tensorboard/`` (:mod:`dance.tensorboard`, no
+- ``tensorboard``: scalar events under ``tensorboard/`` (:mod:`dance.reporting.tensorboard`, no
   TensorBoard dependency).
 
 Both cut what an earlier attempt logged for the iterations a resumed run repeats, so every
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from dance.hookspecs import hookimpl
 from dance.interfaces import Logger, RunInfo
-from dance.run_log import cut_metrics
-from dance.tensorboard import EventWriter, truncate_events
+from dance.reporting.run_log import cut_metrics
+from dance.reporting.tensorboard import EventWriter, truncate_events
 
 
 @dataclass

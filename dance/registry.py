@@ -183,6 +183,39 @@ class Registry:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
 
+    def default_sampler(self, prediction_type: str) -> str:
+        """The sampler that declares itself the training default for ``prediction_type`` models
+        (``Sampler.default_for``); none or several is a UsageError saying how to choose."""
+        return self._declared_sampler("default_for", prediction_type, "default")
+
+    def deterministic_sampler(self, prediction_type: str) -> tuple[str, dict[str, Any]]:
+        """The noise-free sampler of ``prediction_type`` models (``Sampler.deterministic_for``)
+        and the options that make it noise-free, for evaluation and `dance sample`."""
+        name = self._declared_sampler("deterministic_for", prediction_type, "deterministic")
+        return name, dict(self.get("sampler", name).deterministic_options)
+
+    def _declared_sampler(self, attribute: str, prediction_type: str, role: str) -> str:
+        found = [
+            info
+            for info in self.components["sampler"].values()
+            if prediction_type in getattr(info.cls, attribute)
+        ]
+        if len(found) == 1:
+            return found[0].name
+        if not found:
+            raise UsageError(
+                f"no installed sampler declares itself the {role} sampler of {prediction_type} "
+                f"models; name one with --sampler NAME or sampler.name=NAME (see `dance plugins`)."
+            )
+        claims = " and ".join(
+            f"'{i.name}' (plugin {self.plugins[i.plugin].label()})" for i in found
+        )
+        raise UsageError(
+            f"samplers {claims} both declare themselves the {role} sampler of {prediction_type} "
+            f"models; name one with --sampler NAME or sampler.name=NAME, or choose plugins with "
+            f"{ENV_VAR}."
+        )
+
     def create(self, kind: str, name: str, options: dict[str, Any] | None, runtime: Runtime) -> Any:
         """Build a component from its name and config values."""
         from dance.config import build

@@ -5,7 +5,7 @@ writes only what is its model's own: which components to load, how prompts are t
 encoded, how the denoising network is called, the latent layout. The base brings the shared
 config fields, the prompt-embedding cache, loading and offloading of frozen parts, classifier-free
 guidance in its forms, FLUX-style latent packing, the VAE output stage and the trained network
-(LoRA or full fine-tune, from :mod:`dance.finetune`).
+(LoRA or full fine-tune, from :mod:`dance.models.finetune`).
 """
 
 from dance.diffusers_policy.cache import EmbeddingCache, image_key

@@ -26,11 +26,11 @@ from dance.config import validate
 from dance.diffusers_policy.cache import EmbeddingCache
 from dance.diffusers_policy.config import DiffusersPolicyConfig
 from dance.errors import ConfigError, UsageError
-from dance.finetune import FinetunedPolicy
 from dance.interfaces import Conditioning, Prompt, Runtime
-from dance.model_layout import check_component_files, load_pretrained, transformers_dtype
-from dance.model_layout import load_tokenizer as load_checked_tokenizer
-from dance.offload import FrozenOffload
+from dance.models.finetune import FinetunedPolicy
+from dance.models.model_layout import check_component_files, load_pretrained, transformers_dtype
+from dance.models.model_layout import load_tokenizer as load_checked_tokenizer
+from dance.models.offload import FrozenOffload
 
 logger = logging.getLogger(__name__)
 

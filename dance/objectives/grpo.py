@@ -183,7 +183,7 @@ class GRPOObjective(Objective):
             old_mean = out.mean.detach()  # [m, *L]
         else:
             old_mean = self._old_mean[batch.window, batch.index]
-        # Samplers built on dance.gaussian reduce the log-density as their config says; the
+        # Samplers built on dance.sampling.gaussian reduce the log-density as their config says; the
         # drift's reduction must match it for the bias to cancel the one in log r.
         reduction = getattr(rollout.sampler.config, "log_prob_reduction", "mean")
         return normalized_log_ratio(out.log_prob, old_lp, out.mean, old_mean, out.std, reduction)

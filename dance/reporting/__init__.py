@@ -1,1 +1,2 @@
-"""What a run reports: metrics logs, evaluation files, summary.json and plots."""
+"""What a run reports and where: run folders under ``runs/``, metrics logs (JSONL, TensorBoard),
+grids, the before/after comparison of an evaluation, summary.json and plots."""

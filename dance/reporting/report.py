@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from dance.paired import paired_change
-from dance.plots import before_after_grid, line_chart
+from dance.reporting.paired import paired_change
+from dance.reporting.plots import before_after_grid, line_chart
 
 
 def save_evaluation(

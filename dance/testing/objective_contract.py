@@ -23,9 +23,9 @@ import pytest
 import torch
 
 import dance
+from dance.cli.recipe import resolve
 from dance.config import describe
 from dance.interfaces import Objective
-from dance.recipe import resolve
 from dance.registry import Registry, load_registry
 from dance.testing import toy_policy
 from dance.training.trainer import Trainer

@@ -123,10 +123,8 @@ class PolicyContract:
     @pytest.fixture
     def sampler_name(self, policy_options, registry) -> str:
         """The sampler ``dance run`` picks for this policy by default."""
-        from dance.recipe import DEFAULT_SAMPLER
-
         cls = registry.get("policy", policy_options["name"])
-        return DEFAULT_SAMPLER[cls.prediction_type]
+        return registry.default_sampler(cls.prediction_type)
 
     # ---- helpers --------------------------------------------------------------------------------
 
@@ -210,7 +208,7 @@ class PolicyContract:
         assert media.min() >= 0.0 and media.max() <= 1.0
 
     def test_generation_is_deterministic_under_a_seed(self, policy, prompts, registry):
-        from dance.generate import generate
+        from dance.sampling.generate import generate
 
         sampler = registry.create("sampler", "ode", {"num_steps": 2}, Runtime())
         if policy.prediction_type not in sampler.prediction_types:
@@ -275,7 +273,7 @@ class PolicyContract:
 
     def _trainer(self, policy_options, registry, sampler_name, train_prompts, tmp_path, **trainer):
         import dance.registry
-        from dance.recipe import resolve
+        from dance.cli.recipe import resolve
         from dance.training.trainer import Trainer
 
         raw = {
@@ -322,7 +320,7 @@ class PolicyContract:
     ):
         """``dance run`` from the command line, as a user types it, for two iterations."""
         import dance.registry
-        from dance.cli import main
+        from dance.cli.app import main
 
         out = tmp_path / "run"
         options = {k: v for k, v in policy_options.items() if k != "name"}

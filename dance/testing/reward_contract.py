@@ -16,11 +16,11 @@ Subclass :class:`RewardContract` in a test module and provide a ``reward`` fixtu
         def media_shape(self):
             return {"image": (3, 224, 224), "video": (3, 4, 224, 224)}
 
-The inherited tests check, for every modality the reward instance declares: the output is a dict
+The inherited tests check, for every modality the reward instance accepts: the output is a dict
 whose keys are ``reward.components`` in order, each a fp32 ``[B]`` tensor on the input's (or the
 runtime's) device, finite for valid input; a batch scores as each sample alone does; the same input
 scores the same twice; the input is not modified; and the output carries no gradient unless the
-reward declares itself differentiable. Override :meth:`RewardContract.make_media` or
+instance's ``is_differentiable()`` says so. Override :meth:`RewardContract.make_media` or
 :meth:`RewardContract.make_prompts` when random pixels or generic prompts do not suit the reward,
 and the class attributes to loosen tolerances.
 """
@@ -83,8 +83,8 @@ class RewardContract:
     # -- helpers ----------------------------------------------------------------------------------
 
     def _modalities(self, reward: Reward) -> tuple[str, ...]:
-        # The instance's value: a wrapping reward may accept less than its class declares.
-        return tuple(reward.modalities)
+        # What the instance accepts: a wrapping reward may accept less than its class declares.
+        return tuple(m for m in type(reward).modalities if reward.accepts(m))
 
     def _inputs(
         self, reward: Reward, modality: str, media_shape: Mapping[str, tuple[int, ...]], seed: int
@@ -148,13 +148,18 @@ class RewardContract:
         assert components, "reward.components must name at least one component"
         assert all(isinstance(c, str) and c for c in components), "component names must be str"
         assert len(set(components)) == len(components), f"duplicate components: {components}"
-        modalities = self._modalities(reward)
-        assert modalities, "reward.modalities must name at least one modality"
-        assert set(modalities) <= set(MODALITIES), f"unknown modalities in {modalities}"
-        for modality in modalities:
-            assert modality in type(reward).modalities, (
-                f"instance modality {modality!r} is not in the class's {type(reward).modalities}"
+        declared = tuple(type(reward).modalities)
+        assert set(declared) <= set(MODALITIES), f"unknown modalities in {declared}"
+        assert self._modalities(reward), (
+            f"the reward accepts none of its class's modalities {declared} (see accepts())"
+        )
+        for modality in set(MODALITIES) - set(declared):
+            assert not reward.accepts(modality), (
+                f"accepts({modality!r}) is True, but the class's modalities are {declared}"
             )
+        assert type(reward).differentiable or not reward.is_differentiable(), (
+            "is_differentiable() is True, but the class declares differentiable = False"
+        )
 
     def test_output_contract(
         self, reward: Reward, media_shape: Mapping[str, tuple[int, ...]]
@@ -213,7 +218,7 @@ class RewardContract:
             media, prompts = self._inputs(reward, modality, media_shape, self.seed + 4)
             media = media.requires_grad_(True)
             out = reward.score(media, prompts)
-            if not reward.differentiable:
+            if not reward.is_differentiable():
                 for key, value in out.items():
                     assert not value.requires_grad, (
                         f"{modality}: component {key!r} requires grad but the reward is not "

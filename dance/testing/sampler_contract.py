@@ -13,6 +13,8 @@ Subclass :class:`SamplerContract` in a test module and provide a ``sampler`` fix
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -29,6 +31,18 @@ class SamplerContract:
     def _inputs(self, shape, seed=0):
         g = torch.Generator().manual_seed(seed)
         return torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+
+    def test_declared_roles(self, sampler):
+        # default_for / deterministic_for: only for prediction types the sampler handles; the
+        # training default must be able to train, and the noise-free options must be its config's.
+        cls = type(sampler)
+        for kinds in (cls.default_for, cls.deterministic_for):
+            assert set(kinds) <= set(cls.prediction_types), (kinds, cls.prediction_types)
+        assert cls.stochastic or not cls.default_for, "a training default must be stochastic"
+        fields = {f.name for f in dataclasses.fields(cls.config_class)}
+        assert set(cls.deterministic_options) <= fields, cls.deterministic_options
+        if cls.deterministic_for:
+            cls.config_class(**cls.deterministic_options)
 
     def test_schedule_shapes(self, sampler):
         schedule = sampler.schedule()
@@ -76,9 +90,9 @@ class SamplerContract:
     def test_per_sample_noise_is_the_samplers_own_gaussian(self, sampler):
         """The trainer draws each sample's noise from its own generator (the run then does not
         depend on how samples are batched or split over processes) through
-        :func:`dance.generate.step_per_sample`: ``mean + std * z`` of the deterministic step,
-        then the log-probability of that stored transition. That is the sampler's own draw."""
-        from dance.generate import step_per_sample
+        :func:`dance.sampling.generate.step_per_sample`: ``mean + std * z`` of the deterministic
+        step, then the log-probability of that stored transition. That is the sampler's own draw."""
+        from dance.sampling.generate import step_per_sample
 
         schedule = sampler.schedule()
         x, v = self._inputs(LATENT_SHAPES[1])

@@ -1,2 +1,2 @@
-"""Training: the generic trainer loop and what it is made of (sample layout over ranks,
-sharding, checkpoints, Best-of-N selection, the EMA)."""
+"""Training: the generic trainer loop and what it is made of (prompt sources, sample layout over
+ranks, sharding, checkpoints, the EMA, evaluation before and after training)."""

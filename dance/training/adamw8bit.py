@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.distributed.tensor import DTensor
 
-from dance.sharding import local_tensor
+from dance.training.sharding import local_tensor
 
 # bitsandbytes' blockwise optimizer kernels quantize blocks of 256 consecutive values.
 BLOCK = 256

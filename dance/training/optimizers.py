@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from dance.errors import ConfigError
-from dance.trainer_config import TrainerConfig
+from dance.training.trainer_config import TrainerConfig
 
 INSTALL_8BIT = "pip install 'dance-grpo[8bit]' (or pip install bitsandbytes)"
 

@@ -33,8 +33,14 @@ from typing import Any
 import torch
 
 import dance.distributed as dist
-from dance.best_of_n import select_extremes
-from dance.checkpoint import (
+from dance.errors import RewardError, RunError, UsageError
+from dance.interfaces import Prompt, Reward, Rollout, Runtime, TrainBatch, TrainingContext
+from dance.registry import Registry, get_registry
+from dance.reporting.report import save_evaluation, write_report
+from dance.reporting.run_log import RunLog, save_grid
+from dance.sampling.best_of_n import select_extremes
+from dance.sampling.generate import BatchNoise, denoise, noise_from_seeds
+from dance.training.checkpoint import (
     TrainingState,
     latest_checkpoint,
     load_checkpoint,
@@ -43,25 +49,19 @@ from dance.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from dance.data import PromptSource, read_prompts
-from dance.ema import EMA
-from dance.errors import RewardError, RunError, UsageError
-from dance.evaluation import Evaluator
-from dance.generate import BatchNoise, denoise, noise_from_seeds
-from dance.interfaces import Prompt, Reward, Rollout, Runtime, TrainBatch, TrainingContext
-from dance.layout import (
+from dance.training.ema import EMA
+from dance.training.evaluation import Evaluator
+from dance.training.layout import (
     MicroBatch,
     SampleLayout,
     draw_pairs,
     optimizer_windows,
     rank_micro_batches,
 )
-from dance.recipe import Recipe, RewardSpec, dumps_toml
-from dance.registry import Registry, get_registry
-from dance.reporting.report import save_evaluation, write_report
-from dance.run_log import RunLog, save_grid
-from dance.sharding import clip_gradients, shard_policy, sum_replicated_gradients
 from dance.training.optimizers import LRSchedule, build_optimizer, check_optimizer
+from dance.training.prompts import PromptSource, read_prompts
+from dance.training.run_config import Recipe, RewardSpec, dumps_toml
+from dance.training.sharding import clip_gradients, shard_policy, sum_replicated_gradients
 
 
 class Trainer:
@@ -497,7 +497,7 @@ class Trainer:
 
     def save(self) -> Path:
         """Checkpoint on every rank: sharded weights and optimizer, trainer state, and the
-        diffusers-loadable export (see :mod:`dance.checkpoint`)."""
+        diffusers-loadable export (see :mod:`dance.training.checkpoint`)."""
         state = self.trainer_state()
         del state["optimizer"], state["ema"]  # sharded with the weights (see save_checkpoint)
         path = save_checkpoint(

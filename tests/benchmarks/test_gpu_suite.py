@@ -14,9 +14,14 @@ import pytest
 import torch
 
 import dance
-from dance.bench_spec import BenchmarkSpec, benchmark_specs
 from dance.errors import UsageError
-from dance.random_weights import MARKER, ParametersOnMeta, random_weights, write_random_layout
+from dance.models.bench_spec import BenchmarkSpec, benchmark_specs
+from dance.models.random_weights import (
+    MARKER,
+    ParametersOnMeta,
+    random_weights,
+    write_random_layout,
+)
 from dance.registry import get_registry, load_registry
 
 SUITE = Path(__file__).parents[2] / "benchmarks" / "gpu_suite.py"
@@ -337,7 +342,7 @@ def test_out_of_memory_tries_each_memory_option(monkeypatch: pytest.MonkeyPatch)
     from dataclasses import fields
     from types import SimpleNamespace
 
-    from dance.trainer_config import TrainerConfig
+    from dance.training.trainer_config import TrainerConfig
 
     suite = _suite_module()
     tried: list[dict] = []

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import dance.registry
-from dance.cli import main
+from dance.cli.app import main
 from dance.errors import FileFault
 from dance.registry import load_registry
 from dance.testing import toy_policy
@@ -516,7 +516,7 @@ def test_full_disk_is_one_line_exit_1(
     def full_disk(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
 
-    monkeypatch.setattr("dance.generate.save_media", full_disk)
+    monkeypatch.setattr("dance.sampling.generate.save_media", full_disk)
     code, _, err = run_cli([*TOY_SAMPLE, "--output-dir", tmp_path / "out"], capsys)
     assert code == 1, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -592,7 +592,7 @@ def test_open_clip_name_that_needs_the_hub_is_one_line(
 def test_importing_dance_switches_the_hub_offline(tmp_path: Path) -> None:
     """`import dance` sets the offline switches the user left unset, and keeps the ones set."""
     probe = (
-        "import os, dance.cli, huggingface_hub.constants as c;"
+        "import os, dance.cli.app, huggingface_hub.constants as c;"
         "print(os.environ['HF_HUB_OFFLINE'], os.environ['TRANSFORMERS_OFFLINE'], c.HF_HUB_OFFLINE)"
     )
     env = {k: v for k, v in os.environ.items() if "OFFLINE" not in k}

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from dance.best_of_n import expected_best_of_n, pick_best, select_extremes
 from dance.config import build
 from dance.errors import ConfigError
-from dance.trainer_config import TrainerConfig
+from dance.sampling.best_of_n import expected_best_of_n, pick_best, select_extremes
+from dance.training.trainer_config import TrainerConfig
 
 
 def brute_force(advantages: list[float], group_size: int, k: int) -> set[int]:

@@ -5,7 +5,7 @@ from importlib import resources
 
 import pytest
 
-from dance.recipe import read_recipe, resolve
+from dance.cli.recipe import read_recipe, resolve
 from dance.registry import load_registry
 
 RECIPES = sorted(
@@ -46,3 +46,17 @@ def test_the_papers_pairings_are_bundled(registry, name, policy, rewards):
     assert recipe.policy == policy
     if rewards is not None:
         assert [(r.name, r.component, r.weight) for r in recipe.rewards] == rewards
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_bundled_recipe_requires_the_plugins_it_uses(registry, name):
+    # The dependency of a bundled recipe on its plugins is declared in the recipe: exactly the
+    # distributions that provide its policy, sampler and rewards (the core's own are left out).
+    raw = read_recipe(name)
+    used = [("policy", raw["policy"]["name"]), ("sampler", raw["sampler"]["name"])]
+    used += [("reward", entry["name"]) for entry in raw["rewards"]]
+    providers = {
+        registry.plugins[registry.components[kind][component].plugin].distribution
+        for kind, component in used
+    }
+    assert sorted(raw["requires"]) == sorted(providers - {"dance-grpo"})

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import dance
+from dance.cli.recipe import resolve
 from dance.errors import CheckpointError
-from dance.recipe import resolve
 from dance.registry import load_registry
 from dance.testing import toy_policy
 from dance.training.trainer import Trainer
@@ -59,9 +59,9 @@ def test_a_broken_latest_falls_back_to_the_newest_intact_checkpoint(registry, ru
     root = run_dir / "checkpoints"
     (root / "iter-000002" / "trainer_state.pt").unlink()  # the newest is incomplete
     trainer = make_trainer(registry, run_dir, iterations=3)
-    with caplog.at_level(logging.WARNING, logger="dance.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="dance.training.checkpoint"):
         assert trainer.resume() == 1
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "dance.checkpoint"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "dance.training.checkpoint"]
     assert "iter-000002" in line and "iter-000001" in line and "newest intact" in line
 
     (root / "latest").write_text("iter-000099")  # names nothing at all
@@ -113,7 +113,7 @@ def test_a_full_disk_says_so_and_leaves_no_partial_checkpoint(registry, run_dir,
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("dance.checkpoint.torch.save", no_space)
+    monkeypatch.setattr("dance.training.checkpoint.torch.save", no_space)
     trainer.iteration_done = 3
     with pytest.raises(CheckpointError, match="the disk is full") as exc:
         trainer.save()

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import dance.registry
-from dance.cli import main
+from dance.cli.app import main
 from dance.registry import load_registry
 from dance.testing import toy_policy
 
@@ -113,3 +113,23 @@ def test_toy_run_then_resume_then_sample(toy_registry, capsys, tmp_path):
     manifest = json.loads((tmp_path / "s" / "samples.json").read_text())
     assert manifest["policy"] == "toy-flow" and len(manifest["images"]) == 2
     assert [img["seed"] for img in manifest["images"]] == [0, 1]
+
+
+def test_plain_run_names_a_missing_demo_plugin(capsys, monkeypatch):
+    # `dance run` alone trains the bundled demo, which declares the plugins it needs: without the
+    # shapes reward's distribution it stops in one line naming it, before anything loads.
+    from importlib import metadata
+
+    real = metadata.distribution
+
+    def without_shapes(name):
+        if name == "dance-shapes":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr("dance.cli.recipe.metadata.distribution", without_shapes)
+    code, out, err = run_cli(["run"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "bundled recipe 'demo' needs the plugin distribution " in lines[0]
+    assert "dance-shapes, not installed" in lines[0]

@@ -10,7 +10,7 @@ from PIL import Image
 
 import dance
 import dance.registry
-from dance.cli import main
+from dance.cli.app import main
 from dance.config import option
 from dance.registry import load_registry
 from dance.testing import toy_policy

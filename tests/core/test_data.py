@@ -9,15 +9,15 @@ import torch
 from PIL import Image
 
 import dance.registry
-from dance.cli import main
-from dance.data import PromptEntry, PromptSource, load_prompts, read_prompts
+from dance.cli.app import main
 from dance.errors import UsageError
-from dance.evaluation import EvaluationConfig, Evaluator
 from dance.hookspecs import hookimpl
 from dance.interfaces import Runtime
 from dance.registry import load_registry
 from dance.testing.toy_policy import ToyFlowPolicy
-from dance.video_io import write_mp4
+from dance.training.evaluation import EvaluationConfig, Evaluator
+from dance.training.prompts import PromptEntry, PromptSource, load_prompts, read_prompts
+from dance.video.mp4 import write_mp4
 
 
 def write_png(path, height=6, width=5, seed=0, mode="RGB"):

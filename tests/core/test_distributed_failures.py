@@ -22,12 +22,12 @@ import pytest
 import torch
 
 import dance
-import dance.cli
+import dance.cli.app
 import dance.distributed as dist
 import dance.registry
+from dance.cli.recipe import resolve
 from dance.config import option
 from dance.errors import RunError
-from dance.recipe import resolve
 from dance.registry import load_registry
 from dance.testing import toy_policy
 from dance.testing.multiprocess import free_port, launch, rank_env, start
@@ -62,14 +62,14 @@ def cli_main(argv: list[str]) -> None:
     makes this rank build its trainer that much later than the others."""
     dance.registry._REGISTRY = load_registry(extra={"toy": toy_policy, "fault": _plugin})
     late = float(os.environ.get("DANCE_TEST_LATE", "0"))
-    init = dance.cli._init_distributed
+    init = dance.cli.app._init_distributed
 
     def init_then_wait(timeout_s: float) -> None:
         init(timeout_s)
         time.sleep(late)
 
-    dance.cli._init_distributed = init_then_wait
-    dance.cli.main(argv)
+    dance.cli.app._init_distributed = init_then_wait
+    dance.cli.app.main(argv)
 
 
 def dance_run(output: Path, *overrides: str) -> list[str]:

@@ -2,9 +2,9 @@
 
 import pytest
 
-from dance.evaluation import EvaluationConfig, Evaluator
 from dance.interfaces import Runtime
 from dance.registry import load_registry
+from dance.training.evaluation import EvaluationConfig, Evaluator
 
 
 @pytest.fixture(scope="module")

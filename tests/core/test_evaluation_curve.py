@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dance
-from dance.recipe import resolve
+from dance.cli.recipe import resolve
 from dance.registry import load_registry
 from dance.testing import toy_policy
 from dance.training.trainer import Trainer

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import dance
+from dance.cli.recipe import MOVED_TO_OBJECTIVE, resolve
 from dance.config import option
 from dance.errors import RewardError
-from dance.recipe import MOVED_TO_OBJECTIVE, resolve
 from dance.registry import load_registry
 from dance.testing import toy_policy
 from dance.training.trainer import Trainer

@@ -1,10 +1,10 @@
-"""How an iteration's samples and trained pairs are split over ranks (dance.layout)."""
+"""How an iteration's samples and trained pairs are split over ranks (dance.training.layout)."""
 
 import pytest
 import torch
 
-from dance.best_of_n import select_extremes
-from dance.layout import (
+from dance.sampling.best_of_n import select_extremes
+from dance.training.layout import (
     SampleLayout,
     draw_pairs,
     optimizer_windows,

@@ -17,8 +17,8 @@ import dance
 import dance.cli
 import dance.distributed as dist
 import dance.registry
+from dance.cli.recipe import resolve
 from dance.interfaces import Logger
-from dance.recipe import resolve
 from dance.registry import PluginHookError, load_registry
 from dance.testing import toy_policy
 from dance.testing.multiprocess import launch

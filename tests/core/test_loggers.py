@@ -13,13 +13,13 @@ import pytest
 
 import dance
 import dance.registry
-from dance.cli import main
+from dance.cli.app import main
+from dance.cli.recipe import apply_override, dumps_toml, parse_toml, resolve
 from dance.config import option
 from dance.errors import ConfigError, RunError, UsageError
 from dance.interfaces import Logger
-from dance.recipe import apply_override, dumps_toml, parse_toml, resolve
 from dance.registry import load_registry
-from dance.tensorboard import event_step, read_records
+from dance.reporting.tensorboard import event_step, read_records
 from dance.testing import toy_policy
 from dance.testing.toy_policy import toy_recipe
 from dance.training.trainer import Trainer

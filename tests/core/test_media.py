@@ -1,11 +1,11 @@
-"""dance.media: the frame rule that lets an image reward score videos."""
+"""dance.video.frames: the frame rule that lets an image reward score videos."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dance.media import frame_indices, frames_for_image_reward, mean_over_frames, modality_of
+from dance.video.frames import frame_indices, frames_for_image_reward, mean_over_frames, modality_of
 
 
 def _video(batch: int, frames: int) -> torch.Tensor:

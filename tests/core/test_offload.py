@@ -5,11 +5,11 @@ import logging
 import pytest
 import torch
 
-from dance.offload import FrozenOffload
+from dance.models.offload import FrozenOffload
 
 
 def test_offloading_is_a_no_op_on_cpu(caplog):
-    with caplog.at_level(logging.INFO, logger="dance.offload"):
+    with caplog.at_level(logging.INFO, logger="dance.models.offload"):
         offload = FrozenOffload(True, torch.device("cpu"))
     assert not offload.enabled and offload.home == torch.device("cpu")
     assert "no effect" in caplog.text

@@ -19,16 +19,16 @@ import pytest
 import torch
 
 import dance
-from dance.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from dance.cli.recipe import MOVED_TO_OBJECTIVE, resolve
 from dance.config import build
 from dance.errors import ConfigError
-from dance.recipe import MOVED_TO_OBJECTIVE, resolve
 from dance.registry import load_registry
 from dance.testing import toy_policy
-from dance.trainer_config import TrainerConfig
 from dance.training import optimizers
+from dance.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from dance.training.optimizers import LRSchedule, build_optimizer, check_optimizer, lr_factor
 from dance.training.trainer import Trainer
+from dance.training.trainer_config import TrainerConfig
 
 # Three optimizer steps per iteration on the toy policy: 8 samples x 3 trained steps = 24 pairs,
 # 8 pairs per step.

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from dance.paired import paired_change, sign_test_p
+from dance.reporting.paired import paired_change, sign_test_p
 
 
 def test_sign_test_matches_the_binomial_tail_worked_by_hand():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dance.plots import _integer_ticks, _prompt_rows, before_after_grid, line_chart
+from dance.reporting.plots import _integer_ticks, _prompt_rows, before_after_grid, line_chart
 
 
 @pytest.mark.parametrize(

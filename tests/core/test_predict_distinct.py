@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from dance.generate import predict_distinct
 from dance.interfaces import Conditioning
+from dance.sampling.generate import predict_distinct
 
 
 class CountingPolicy:

@@ -2,11 +2,12 @@ import sys
 
 import pytest
 
+from dance.cli.recipe import apply_override, parse_reward_arg, read_recipe
 from dance.config import build, describe, parse_value
 from dance.errors import ConfigError, UsageError
 from dance.objectives.grpo import GRPOConfig
-from dance.recipe import apply_override, dumps_toml, parse_reward_arg, read_recipe
-from dance.trainer_config import TrainerConfig
+from dance.training.run_config import dumps_toml
+from dance.training.trainer_config import TrainerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,7 +112,7 @@ def test_toml_writer_round_trips():
 
 
 def test_prompt_lists_from_packages():
-    from dance.data import read_prompts
+    from dance.training.prompts import read_prompts
 
     prompts = read_prompts("pkg:dance/data/prompts.txt")
     assert prompts == read_prompts("")
@@ -122,7 +123,7 @@ def test_prompt_lists_from_packages():
 
 
 def test_evaluation_section_is_checked():
-    from dance.recipe import resolve
+    from dance.cli.recipe import resolve
     from dance.registry import load_registry
     from dance.testing import toy_policy
 
@@ -137,3 +138,27 @@ def test_evaluation_section_is_checked():
     raw["evaluation"] = {"prompts": "x.txt", "success": "success"}
     with pytest.raises(ConfigError, match="has no component 'success'"):
         resolve(raw, registry)
+
+
+def test_a_recipe_declares_the_plugins_it_needs(tmp_path, monkeypatch):
+    recipe = tmp_path / "needs.toml"
+    recipe.write_text('requires = ["dance-jpeg", "dance-no-such-plugin"]\n[trainer]\n')
+    with pytest.raises(
+        UsageError,
+        match=r"needs.toml needs the plugin distribution "
+        r"dance-no-such-plugin, not installed: install it",
+    ):
+        read_recipe(str(recipe))
+    recipe.write_text('requires = "dance-jpeg"\n')
+    with pytest.raises(ConfigError, match="'requires' must be a list of plugin distribution"):
+        read_recipe(str(recipe))
+
+
+def test_the_resolved_recipe_keeps_its_requirements():
+    from dance.cli.recipe import resolve
+    from dance.registry import load_registry
+
+    recipe = resolve(read_recipe("demo"), load_registry())
+    assert "dance-shapes" in recipe.requires
+    written = tomllib.loads(dumps_toml(recipe.to_toml_dict()))
+    assert written["requires"] == recipe.requires

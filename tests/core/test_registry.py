@@ -8,6 +8,7 @@ import torch
 
 import dance
 from dance.config import option
+from dance.errors import UsageError
 from dance.registry import DuplicateComponentError, load_registry
 
 
@@ -133,3 +134,62 @@ def test_create_builds_config_and_validates(monkeypatch):
     assert out["value"].tolist() == [2.0, 2.0]
     with pytest.raises(dance.errors.ConfigError, match="unknown config field.*scal"):
         registry.create("reward", "e", {"scal": 2}, dance.Runtime())
+
+
+def _sampler_plugin(monkeypatch, module_name, sampler_name, **roles):
+    class _S(dance.Sampler):
+        name = sampler_name
+        config_class = _Cfg
+        prediction_types = ("flow",)
+
+        def schedule(self, num_steps=None, device=None):  # pragma: no cover - never sampled
+            raise NotImplementedError
+
+        def step(self, *args, **kwargs):  # pragma: no cover - never sampled
+            raise NotImplementedError
+
+    for attribute, value in roles.items():
+        setattr(_S, attribute, value)
+    module = types.ModuleType(module_name)
+
+    @dance.hookimpl
+    def register_samplers(register):
+        register(_S)
+
+    module.register_samplers = register_samplers
+    monkeypatch.setitem(sys.modules, module_name, module)
+    return module
+
+
+def test_samplers_declare_the_defaults_the_core_uses(monkeypatch):
+    # The core names no sampler: it asks which one declares itself the default / noise-free one.
+    _sampler_plugin(monkeypatch, "p_sde", "my-sde", default_for=("flow",))
+    _sampler_plugin(
+        monkeypatch,
+        "p_ode",
+        "my-ode",
+        deterministic_for=("flow",),
+        deterministic_options={"scale": 0.0},
+    )
+    _entry_points(monkeypatch, [_ep("sde", "p_sde"), _ep("ode", "p_ode")])
+    registry = load_registry()
+    assert registry.default_sampler("flow") == "my-sde"
+    assert registry.deterministic_sampler("flow") == ("my-ode", {"scale": 0.0})
+    with pytest.raises(UsageError, match="no installed sampler declares itself the default"):
+        registry.default_sampler("epsilon")
+
+
+def test_two_samplers_claiming_a_default_fail_naming_both(monkeypatch):
+    _sampler_plugin(monkeypatch, "p_a", "sde-a", default_for=("flow",))
+    _sampler_plugin(monkeypatch, "p_b", "sde-b", default_for=("flow",))
+    _entry_points(monkeypatch, [_ep("a", "p_a"), _ep("b", "p_b")])
+    with pytest.raises(UsageError, match=r"'sde-a' \(plugin 'a'\) and 'sde-b'.*--sampler"):
+        load_registry().default_sampler("flow")
+
+
+def test_built_in_samplers_declare_their_roles():
+    registry = load_registry()
+    assert registry.default_sampler("flow") == "dance-sde"
+    assert registry.default_sampler("epsilon") == "ddim"
+    assert registry.deterministic_sampler("flow") == ("ode", {})
+    assert registry.deterministic_sampler("epsilon") == ("ddim", {"eta": 0.0})

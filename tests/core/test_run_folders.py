@@ -13,9 +13,9 @@ import pytest
 import torch.multiprocessing as mp
 
 import dance.registry
-from dance.cli import main
+from dance.cli.app import main
 from dance.registry import load_registry
-from dance.run_folders import choose_run_dir, latest_run, new_run_dir, point_latest
+from dance.reporting.run_folders import choose_run_dir, latest_run, new_run_dir, point_latest
 from dance.testing import toy_policy
 
 TINY = ["trainer.iterations=1", "trainer.group_size=2", "trainer.prompts_per_iteration=1"]

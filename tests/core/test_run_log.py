@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 import dance
-from dance.recipe import resolve
+from dance.cli.recipe import resolve
 from dance.registry import load_registry
-from dance.run_log import cut_metrics
-from dance.tensorboard import EventWriter, event_step, read_records, truncate_events
+from dance.reporting.run_log import cut_metrics
+from dance.reporting.tensorboard import EventWriter, event_step, read_records, truncate_events
 from dance.testing import toy_policy
 from dance.training.trainer import Trainer
 

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 from rich.console import Console, Group
 
-from dance.run_log import RunLog
+from dance.reporting.run_log import RunLog
 
 HEADLINE = "shapes +0.6123 jpeg-compressibility +0.1234  2.31 s/it"
 
@@ -53,7 +53,7 @@ def test_no_progress_prints_nothing(tmp_path):
 
 
 def test_bar_keeps_the_headline_whole_on_a_narrow_terminal(tmp_path, monkeypatch):
-    monkeypatch.setattr("dance.run_log.is_terminal", lambda stream: True)
+    monkeypatch.setattr("dance.reporting.run_log.is_terminal", lambda stream: True)
     log = RunLog(tmp_path, 10, enabled=True, progress=True, stream=io.StringIO())
     try:
         log.log(0, {"loss": 0.5}, HEADLINE)
@@ -72,7 +72,7 @@ SCRIPT = textwrap.dedent(
     """
     import sys
     import dance.registry
-    from dance.cli import main
+    from dance.cli.app import main
     from dance.testing import toy_policy
 
     dance.registry._REGISTRY = dance.registry.load_registry(extra={"toy": toy_policy})

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dance.cli import main
+from dance.cli.app import main
 from dance.registry import reset_registry
 
 

@@ -1,4 +1,5 @@
-"""dance.tensorboard: CRC-32C, TFRecord framing, and a round trip through TensorBoard's reader."""
+"""dance.reporting.tensorboard: CRC-32C, TFRecord framing, and a round trip through
+TensorBoard's reader."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dance.tensorboard import EventWriter, crc32c, masked_crc32c
+from dance.reporting.tensorboard import EventWriter, crc32c, masked_crc32c
 
 
 def test_crc32c_known_vectors() -> None:

@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+import dance.cli.threads
 import dance.registry
-import dance.threads
-from dance.cli import main
+from dance.cli.app import main
+from dance.cli.threads import choose_threads, use_threads
 from dance.errors import UsageError
 from dance.registry import load_registry
 from dance.testing import toy_policy
-from dance.threads import choose_threads, use_threads
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
 
 
 def test_precedence(monkeypatch):
-    monkeypatch.setattr(dance.threads, "available_cpus", lambda: 8)
+    monkeypatch.setattr(dance.cli.threads, "available_cpus", lambda: 8)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert choose_threads(5, CPU) == (5, "--threads")
     assert choose_threads(None, CPU) == (3, "OMP_NUM_THREADS")
@@ -25,7 +25,7 @@ def test_precedence(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert choose_threads(None, CPU)[0] == 4  # half of 8
     assert choose_threads(None, GPU)[0] is None  # torch's default
-    monkeypatch.setattr(dance.threads, "available_cpus", lambda: 1)
+    monkeypatch.setattr(dance.cli.threads, "available_cpus", lambda: 1)
     assert choose_threads(None, CPU)[0] == 1
 
 
@@ -38,7 +38,7 @@ def test_bad_environment_value_is_a_usage_error(monkeypatch, value):
 
 def test_use_threads_sets_torch(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(dance.threads, "available_cpus", lambda: 2)
+    monkeypatch.setattr(dance.cli.threads, "available_cpus", lambda: 2)
     assert use_threads(None, CPU) == "1 CPU thread (default for CPU runs: half the CPUs)"
     assert torch.get_num_threads() == 1
     assert use_threads(2, CPU) == "2 CPU threads (--threads)"

@@ -10,15 +10,15 @@ import torch
 from PIL import Image
 
 import dance.registry
-from dance.cli import main
-from dance.generate import save_media
+from dance.cli.app import main
 from dance.hookspecs import hookimpl
 from dance.interfaces import Prompt
-from dance.plots import before_after_grid
 from dance.registry import load_registry
-from dance.run_log import frame_strips, media_to_grid, save_grid, video_grid
+from dance.reporting.plots import before_after_grid
+from dance.reporting.run_log import frame_strips, media_to_grid, save_grid, video_grid
+from dance.sampling.generate import save_media
 from dance.testing.toy_policy import ToyFlowPolicy
-from dance.video_io import DEFAULT_FPS, read_first_frame, read_mp4, write_mp4
+from dance.video.mp4 import DEFAULT_FPS, read_first_frame, read_mp4, write_mp4
 
 
 def smooth_video(frames: int = 6, height: int = 32, width: int = 48) -> torch.Tensor:

@@ -19,8 +19,8 @@ import torch
 
 import dance
 import dance.distributed as dist
+from dance.cli.recipe import resolve
 from dance.config import option
-from dance.recipe import resolve
 from dance.registry import load_registry
 from dance.testing import toy_policy
 from dance.testing.multiprocess import run_function

@@ -19,8 +19,8 @@ import torch
 from torch.distributed.tensor import DTensor
 
 import dance.distributed as dist
-from dance.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from dance.training.adamw8bit import AdamW8bitShards
+from dance.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 
 
 class Stub:

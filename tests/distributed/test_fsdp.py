@@ -171,7 +171,7 @@ def test_two_simulated_nodes_run_dance_and_the_lora_samples(tiny_flux, tmp_path)
     assert len(list((folder / "sharded").glob("*.distcp"))) == 2
     assert (folder / "trained" / "pytorch_lora_weights.safetensors").is_file()
 
-    from dance.cli import main
+    from dance.cli.app import main
     from dance.registry import reset_registry
 
     reset_registry()
@@ -186,7 +186,7 @@ def test_two_simulated_nodes_run_dance_and_the_lora_samples(tiny_flux, tmp_path)
 
 
 def test_a_corrupt_shard_on_resume_is_one_line_and_exit_code_1(tiny_flux, tmp_path, capsys):
-    from dance.cli import main
+    from dance.cli.app import main
     from dance.registry import reset_registry
 
     run_dir = tmp_path / "run"

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 import dance
-import dance.checkpoint as checkpoint
 import dance.distributed as dist
-from dance.recipe import resolve
+import dance.training.checkpoint as checkpoint
+from dance.cli.recipe import resolve
 from dance.registry import get_registry
-from dance.sharding import clip_gradients, local_bytes
+from dance.training.sharding import clip_gradients, local_bytes
 from dance.training.trainer import Trainer
 
 SMALL = {"height": 32, "width": 32, "max_sequence_length": 16, "lora_rank": 4, "lora_alpha": 8.0}

@@ -284,7 +284,7 @@ def _dance_args(words: list[str], sub: str, tiny: Tiny, workdir: Path) -> tuple[
     """Overrides that shorten ``dance run`` / ``dance sample`` words (after the subcommand)."""
     import dataclasses
 
-    from dance.recipe import read_recipe
+    from dance.cli.recipe import read_recipe
     from dance.registry import get_registry
 
     extra: list[str] = []

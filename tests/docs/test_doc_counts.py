@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dance.recipe import bundled_recipes
+from dance.cli.recipe import bundled_recipes
 from dance.registry import get_registry, reset_registry
 
 ROOT = Path(__file__).resolve().parents[2]

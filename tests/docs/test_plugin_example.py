@@ -37,7 +37,7 @@ def test_the_page_shows_the_logger_example_exactly():
 
 def test_the_logger_example_prints_and_records_checkpoints(tmp_path, capsys, monkeypatch):
     import dance
-    from dance.recipe import resolve
+    from dance.cli.recipe import resolve
     from dance.registry import load_registry
     from dance.testing import toy_policy
     from dance.testing.toy_policy import toy_recipe

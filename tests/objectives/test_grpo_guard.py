@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import dance
-from dance.cli import main
+from dance.cli.app import main
+from dance.cli.recipe import resolve
 from dance.errors import ConfigError
 from dance.interfaces import Schedule
 from dance.objectives.grpo import GRPOConfig, GRPOObjective
 from dance.objectives.guard import normalized_log_ratio, step_weights
-from dance.recipe import resolve
 from dance.registry import load_registry, reset_registry
 from dance.testing import toy_policy
 from dance.training.trainer import Trainer

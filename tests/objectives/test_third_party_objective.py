@@ -13,7 +13,7 @@ import torch
 
 import dance
 import dance.registry
-from dance.cli import main
+from dance.cli.app import main
 from dance.config import option
 from dance.registry import load_registry
 from dance.testing import toy_policy

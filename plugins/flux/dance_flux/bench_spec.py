@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dance.bench_spec import BenchmarkSpec
+from dance.models.bench_spec import BenchmarkSpec
 
 CONFIGS = Path(__file__).parent / "bench_configs"
 # FLUX.1-dev's repository is gated; the same config.json files (FLUX.1-schnell's, identical to

@@ -35,8 +35,8 @@ from dance.diffusers_policy import (
     pack_latents,
 )
 from dance.errors import UsageError
-from dance.finetune import TrainedNetwork
 from dance.interfaces import Conditioning, Prompt, Runtime
+from dance.models.finetune import TrainedNetwork
 from dance_flux.policy import FluxConfig, FluxPolicy
 
 __all__ = ["FluxKontextConfig", "FluxKontextPolicy", "preferred_size"]

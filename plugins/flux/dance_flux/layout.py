@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dance.errors import ModelLayoutError
-from dance.model_layout import DiffusersLayout
+from dance.models.model_layout import DiffusersLayout
 
 LAYOUT = DiffusersLayout(
     model="FLUX",

@@ -24,8 +24,8 @@ from dance.diffusers_policy import (
     vae_scale_factor,
     warn_truncated,
 )
-from dance.finetune import TrainedNetwork
 from dance.interfaces import Conditioning, Runtime, imported_classes
+from dance.models.finetune import TrainedNetwork
 from dance_flux import layout
 
 __all__ = ["FluxConfig", "FluxPolicy", "latent_image_ids", "pack_latents", "unpack_latents"]

@@ -186,8 +186,8 @@ def evaluate(path: Path, seeds: int) -> dict[str, float]:
     """Sample every grammar prompt with the deterministic sampler and score it with the shapes
     reward, through dance's own policy and sampler code."""
     import dance
-    from dance.generate import generate
     from dance.registry import get_registry
+    from dance.sampling.generate import generate
     from dance_shapes.scenes import all_specs
 
     registry = get_registry()

@@ -29,8 +29,8 @@ from dance.diffusers_policy import (
     warn_truncated,
 )
 from dance.errors import ConfigError, ModelLayoutError
-from dance.finetune import TrainedNetwork
 from dance.interfaces import Conditioning, imported_classes
+from dance.models.finetune import TrainedNetwork
 from dance_hunyuan_video.layout import resolve_model, resolve_transformer, transformer_config
 from dance_hunyuan_video.prompting import DEFAULT_CROP_START, DEFAULT_TEMPLATE
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dance.bench_spec import BenchmarkSpec
+from dance.models.bench_spec import BenchmarkSpec
 
 CONFIGS = Path(__file__).parent / "bench_configs"
 _COMMUNITY = "hunyuanvideo-community/HunyuanVideo {0}/config.json"

@@ -14,7 +14,12 @@ from typing import Any
 
 from dance.errors import ModelLayoutError
 from dance.files import read_json
-from dance.model_layout import DiffusersLayout, check_diffusers_weights, check_dirs, find_checkpoint
+from dance.models.model_layout import (
+    DiffusersLayout,
+    check_diffusers_weights,
+    check_dirs,
+    find_checkpoint,
+)
 
 LAYOUT = DiffusersLayout(
     model="HunyuanVideo",

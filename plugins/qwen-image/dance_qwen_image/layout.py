@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dance.model_layout import DiffusersLayout
+from dance.models.model_layout import DiffusersLayout
 
 # The folders holding a config.json (QwenImagePipeline.save_pretrained writes these).
 COMPONENTS = ("transformer", "vae", "text_encoder")

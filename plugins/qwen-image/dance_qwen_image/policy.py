@@ -30,8 +30,8 @@ from dance.diffusers_policy import DiffusersPolicy, DiffusersPolicyConfig, overr
 from dance.diffusers_policy.config import JOINT_ATTENTION_LORA_TARGETS
 from dance.diffusers_policy.guidance import cfg_combine
 from dance.diffusers_policy.packing import pack_latents, unpack_latents
-from dance.finetune import TrainedNetwork
 from dance.interfaces import Conditioning, imported_classes
+from dance.models.finetune import TrainedNetwork
 from dance_qwen_image import layout
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import argparse
 import torch
 
 from dance.diffusers_policy.config import JOINT_ATTENTION_LORA_TARGETS
-from dance.memory_estimate import GIB, count_parameters, saved_activation_bytes
+from dance.models.memory_estimate import GIB, count_parameters, saved_activation_bytes
 
 TARGETS = list(JOINT_ATTENTION_LORA_TARGETS)  # the policy's default LoRA targets
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dance.bench_spec import BenchmarkSpec
+from dance.models.bench_spec import BenchmarkSpec
 
 CONFIGS = Path(__file__).parent / "bench_configs"
 _SOURCE = "stable-diffusion-v1-5/stable-diffusion-v1-5 (was runwayml/stable-diffusion-v1-5) {0}"

@@ -13,7 +13,12 @@ from pathlib import Path
 
 from dance.errors import ModelLayoutError
 from dance.files import read_json
-from dance.model_layout import check_files, check_index_classes, check_shards, find_checkpoint
+from dance.models.model_layout import (
+    check_files,
+    check_index_classes,
+    check_shards,
+    find_checkpoint,
+)
 
 EXPECTED = (
     "expected the diffusers Stable Diffusion 1.x layout: model_index.json, unet/, vae/,"

@@ -23,8 +23,8 @@ from dance.diffusers_policy import (
     vae_scale_factor,
     warn_truncated,
 )
-from dance.finetune import TrainedNetwork
 from dance.interfaces import Conditioning, Runtime, imported_classes
+from dance.models.finetune import TrainedNetwork
 from dance_sd import layout
 
 

@@ -20,7 +20,7 @@ import argparse
 
 import torch
 
-from dance.memory_estimate import GIB, count_parameters, saved_activation_bytes
+from dance.models.memory_estimate import GIB, count_parameters, saved_activation_bytes
 
 # stable-diffusion-v1-5: unet/config.json, vae/config.json, text_encoder/config.json
 UNET = {

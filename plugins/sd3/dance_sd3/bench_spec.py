@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dance.bench_spec import BenchmarkSpec
+from dance.models.bench_spec import BenchmarkSpec
 
 CONFIGS = Path(__file__).parent / "bench_configs"
 _REPO = "stabilityai/stable-diffusion-3.5-medium {0}/config.json"

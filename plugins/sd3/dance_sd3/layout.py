@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dance.model_layout import DiffusersLayout
+from dance.models.model_layout import DiffusersLayout
 
 # The folders holding a config.json (StableDiffusion3Pipeline.save_pretrained writes these).
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")

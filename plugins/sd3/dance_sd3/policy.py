@@ -21,8 +21,8 @@ from dance.diffusers_policy import DiffusersPolicy, DiffusersPolicyConfig, overr
 from dance.diffusers_policy.config import JOINT_ATTENTION_LORA_TARGETS
 from dance.diffusers_policy.guidance import guided_forward
 from dance.diffusers_policy.policy import vae_scale_factor, warn_truncated
-from dance.finetune import TrainedNetwork
 from dance.interfaces import Conditioning, Runtime, imported_classes
+from dance.models.finetune import TrainedNetwork
 from dance_sd3 import layout
 
 # The pipeline's scheduler timesteps are sigma * num_train_timesteps (1000 in

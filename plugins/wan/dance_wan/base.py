@@ -37,9 +37,9 @@ from dance.diffusers_policy import (
     override,
 )
 from dance.errors import ModelLayoutError
-from dance.finetune import TrainedNetwork, TrainedWeights, weights_dtype
 from dance.interfaces import Conditioning, Prompt, imported_classes
-from dance.model_layout import DiffusersLayout, load_pretrained
+from dance.models.finetune import TrainedNetwork, TrainedWeights, weights_dtype
+from dance.models.model_layout import DiffusersLayout, load_pretrained
 from dance_wan.experts import (
     TRAINED_EXPERTS,
     all_references,

@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dance.bench_spec import BenchmarkSpec
+from dance.models.bench_spec import BenchmarkSpec
 
 CONFIGS = Path(__file__).parent / "bench_configs"
 _CONVERTER = "diffusers scripts/convert_wan_to_diffusers.py get_transformer_config('{0}')"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dance.errors import ModelLayoutError
-from dance.model_layout import DiffusersLayout, check_diffusers_weights
+from dance.models.model_layout import DiffusersLayout, check_diffusers_weights
 
 
 def _wan_layout(model: str, expected: str) -> DiffusersLayout:

@@ -17,7 +17,7 @@ import torch
 from dance.config import option
 from dance.errors import ConfigError, RewardError, did_you_mean
 from dance.interfaces import Modality, Prompt, Reward, RewardOutput, Runtime
-from dance.media import modality_of
+from dance.video.frames import modality_of
 
 
 @dataclass
@@ -38,8 +38,8 @@ class BinaryConfig:
 class BinaryReward(Reward):
     """1 where the underlying reward's component exceeds ``threshold``, else 0 (NaN stays NaN).
 
-    ``modalities`` on the class is every modality a reward can accept; each instance overrides it
-    with what its underlying reward accepts, and :meth:`score` rejects other media.
+    ``modalities`` on the class is every modality a reward can accept; an instance accepts
+    (:meth:`accepts`) those its underlying reward accepts, and :meth:`score` rejects other media.
     """
 
     name = "binary"
@@ -54,14 +54,14 @@ class BinaryReward(Reward):
 
         # Building it validates the name and its options (UsageError / ConfigError).
         self.inner: Reward = get_registry().create("reward", config.reward, config.options, runtime)
-        accepted = tuple(m for m in type(self).modalities if m in self.inner.modalities)
+        accepted = tuple(m for m in type(self).modalities if self.inner.accepts(m))
         if not accepted:
             raise ConfigError(
                 f"reward 'binary': reward '{config.reward}' declares no modality binary can pass "
-                f"on (it declares {self.inner.modalities!r})."
+                f"on (it declares {type(self.inner).modalities!r})."
             )
-        # Instance attribute shadowing the class one: the core sees what this instance accepts.
-        self.modalities: tuple[Modality, ...] = accepted
+        # What this instance accepts: the class's modalities its underlying reward accepts too.
+        self.accepted: tuple[Modality, ...] = accepted
         known = tuple(self.inner.components)
         self.component = config.component or known[0]
         if self.component not in known:
@@ -73,14 +73,14 @@ class BinaryReward(Reward):
 
     def accepts(self, modality: Modality) -> bool:
         """Whether this instance (through its underlying reward) can score ``modality``."""
-        return modality in self.modalities
+        return modality in self.accepted
 
     def score(self, media: torch.Tensor, prompts: Sequence[Prompt]) -> RewardOutput:
         modality = modality_of(media)
         if not self.accepts(modality):
             raise ValueError(
                 f"reward 'binary' over '{self.config.reward}' accepts "
-                f"{' and '.join(self.modalities)} media, got {modality} of shape "
+                f"{' and '.join(self.accepted)} media, got {modality} of shape "
                 f"{tuple(media.shape)}"
             )
         # Thresholding has no gradient, so the underlying reward needs none either.

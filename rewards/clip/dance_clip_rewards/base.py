@@ -3,13 +3,13 @@
 Each reward implements :meth:`ClipFamilyReward.score_images` for a chunk of images (pixels in
 [0, 1] on the reward's device) and their prompt texts; :meth:`ClipFamilyReward.score` does the rest:
 
-* videos score as the mean over uniformly spaced frames (:mod:`dance.media`);
+* videos score as the mean over uniformly spaced frames (:mod:`dance.video.frames`);
 * images run through the model ``batch_size`` at a time;
 * an image with a non-finite pixel scores NaN (never a made-up value), without touching the
   other images of the batch: the trainer leaves NaN samples out or stops, as configured;
 * everything runs under ``torch.no_grad()`` unless the instance was built with
-  ``differentiable=true``; then its ``differentiable`` attribute says so and gradients flow back
-  to the pixels (the weights stay frozen).
+  ``differentiable=true``; then its ``is_differentiable()`` says so and gradients flow back to
+  the pixels (the weights stay frozen).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from dance.config import option
-from dance.interfaces import Prompt, Reward, RewardOutput, Runtime
-from dance.media import frames_for_image_reward, mean_over_frames
+from dance.interfaces import Prompt, Reward, RewardOutput
+from dance.video.frames import frames_for_image_reward, mean_over_frames
 
 
 @dataclass
@@ -56,12 +56,11 @@ class ClipFamilyReward(Reward):
     ``components`` and implement :meth:`score_images`."""
 
     modalities = ("image", "video")
-    differentiable = False  # the class default; see __init__
+    differentiable = True  # when the config asks for it: see is_differentiable
 
-    def __init__(self, config: ClipRewardOptions, runtime: Runtime) -> None:
-        super().__init__(config, runtime)
-        # An instance asked for gradients is differentiable; the class default stays False.
-        self.differentiable = bool(config.differentiable)
+    def is_differentiable(self) -> bool:
+        """Only an instance built with ``differentiable=true`` keeps the graph."""
+        return bool(self.config.differentiable)
 
     @abstractmethod
     def score_images(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
@@ -78,7 +77,7 @@ class ClipFamilyReward(Reward):
         if images.shape[1] != 3:
             raise ValueError(f"expected RGB media (3 channels), got shape {tuple(media.shape)}")
         texts = [p.text for p in prompts for _ in range(per_sample)]  # sample-major, as frames
-        grad = contextlib.nullcontext() if self.differentiable else torch.no_grad()
+        grad = contextlib.nullcontext() if self.is_differentiable() else torch.no_grad()
         with grad:
             pixels = images.to(self.runtime.device, torch.float32)
             finite = torch.isfinite(pixels).flatten(1).all(dim=1)

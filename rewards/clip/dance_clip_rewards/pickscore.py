@@ -21,7 +21,7 @@ from dance.config import option
 from dance.errors import ModelLayoutError
 from dance.files import first_line
 from dance.interfaces import Runtime
-from dance.model_layout import check_component_files, load_pretrained
+from dance.models.model_layout import check_component_files, load_pretrained
 from dance_clip_rewards.base import ClipFamilyReward, ClipRewardOptions, unique
 from dance_clip_rewards.preprocess import clip_processor_transform, preprocess
 
@@ -48,7 +48,7 @@ def _load(
     """``loader.from_pretrained`` of a local directory or a repo id in the local Hugging Face
     cache, never downloading, with one-line errors: a source that is not there says where to get
     it; a damaged file is named (a FileFault); a ``model`` with weights missing or not finite is
-    refused (:func:`dance.model_layout.load_pretrained`)."""
+    refused (:func:`dance.models.model_layout.load_pretrained`)."""
     local = Path(source).expanduser()
     folder = local if local.is_dir() else _cached_folder(source)
     if folder is None:

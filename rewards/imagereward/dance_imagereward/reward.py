@@ -3,8 +3,8 @@ fine-tuned on human preference rankings of text-to-image outputs.
 
 Scores follow ``ImageReward.score(prompt, image)``: preprocessing (:mod:`.preprocess`),
 tokenisation (:mod:`.tokenizer`) and the network (:mod:`.model`), batched on tensors. A video scores
-as the mean over uniformly spaced frames (:mod:`dance.media`). An image with a non-finite pixel
-scores NaN, so the trainer leaves it out instead of learning from a made-up value.
+as the mean over uniformly spaced frames (:mod:`dance.video.frames`). An image with a non-finite
+pixel scores NaN, so the trainer leaves it out instead of learning from a made-up value.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from dance.config import option
 from dance.errors import ConfigError, ModelLayoutError
 from dance.interfaces import Prompt, Reward, RewardOutput, Runtime
-from dance.media import frames_for_image_reward, mean_over_frames
+from dance.video.frames import frames_for_image_reward, mean_over_frames
 from dance_imagereward.layout import DEFAULT_REPO, find_checkpoint, find_med_config
 from dance_imagereward.model import load_model
 from dance_imagereward.preprocess import preprocess
@@ -56,13 +56,11 @@ class ImageReward(Reward):
     name = "imagereward"
     config_class = ImageRewardConfig
     modalities = ("image", "video")
-    differentiable = False
+    differentiable = True  # when the config asks for it: see is_differentiable
     components = ("imagereward",)
 
     def __init__(self, config: ImageRewardConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)
-        # An instance attribute, so that `reward.differentiable` says what this instance does.
-        self.differentiable = bool(config.differentiable)
         checkpoint = find_checkpoint(config.model)
         med_config = find_med_config(checkpoint, config.med_config)
         self.tokenizer = load_tokenizer(config.tokenizer)
@@ -82,6 +80,10 @@ class ImageReward(Reward):
                 f"{vocab} embeddings of {checkpoint}"
             )
 
+    def is_differentiable(self) -> bool:
+        """Only an instance built with ``differentiable=true`` keeps the graph."""
+        return bool(self.config.differentiable)
+
     def score(self, media: torch.Tensor, prompts: Sequence[Prompt]) -> RewardOutput:
         batch = media.shape[0]
         if len(prompts) != batch:
@@ -92,7 +94,7 @@ class ImageReward(Reward):
         if images.shape[1] != 3:
             raise ValueError(f"expected RGB media (3 channels), got shape {tuple(media.shape)}")
         texts = [p.text for p in prompts for _ in range(per_sample)]  # sample-major, as frames
-        with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
+        with torch.set_grad_enabled(self.is_differentiable() and torch.is_grad_enabled()):
             scores = self.score_images(images, texts)
         return {self.components[0]: mean_over_frames(scores, batch).to(media.device)}
 

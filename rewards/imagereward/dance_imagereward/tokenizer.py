@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from dance.errors import ModelLayoutError
-from dance.model_layout import load_tokenizer as load_local_tokenizer
+from dance.models.model_layout import load_tokenizer as load_local_tokenizer
 
 DEFAULT_TOKENIZER = "bert-base-uncased"
 MAX_LENGTH = 35  # ImageReward.score: max_length=35

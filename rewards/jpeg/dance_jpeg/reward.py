@@ -4,7 +4,7 @@
 DDPO converts pixels in [0, 1] to uint8 with ``(x * 255).round().clamp(0, 255)``, saves each image
 with Pillow as a JPEG at quality 95 and takes the file size in kB (bytes / 1000). Incompressibility
 rewards that size; compressibility rewards minus it. Videos score as the mean over uniformly spaced
-frames (:mod:`dance.media`).
+frames (:mod:`dance.video.frames`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from PIL import Image
 
 from dance.config import option
 from dance.interfaces import Prompt, Reward, RewardOutput
-from dance.media import frames_for_image_reward, mean_over_frames
+from dance.video.frames import frames_for_image_reward, mean_over_frames
 
 
 @dataclass

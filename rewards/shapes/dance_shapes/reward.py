@@ -23,8 +23,9 @@ checks and how they combine are this package's own definitions, not taken from a
   triangle, so the samples of a group that tie on ``score`` still differ. It is not part of
   ``score`` or ``success``.
 
-A video scores as the mean over uniformly spaced frames (:mod:`dance.media`), so its ``success``
-is the fraction of those frames that succeed. An image with a non-finite pixel gets NaN in every
+A video scores as the mean over uniformly spaced frames (:mod:`dance.video.frames`), so its
+``success`` is the fraction of those frames that succeed. An image with a non-finite pixel gets NaN
+in every
 component, so the trainer can leave it out instead of learning from a made-up score. A prompt
 outside the grammar raises ValueError.
 """
@@ -40,7 +41,7 @@ import torch
 
 from dance.config import option
 from dance.interfaces import Prompt, Reward, RewardOutput
-from dance.media import frames_for_image_reward, mean_over_frames
+from dance.video.frames import frames_for_image_reward, mean_over_frames
 from dance_shapes.analysis import (
     DEFAULT_COLOR_THRESHOLD,
     DEFAULT_MIN_AREA,

@@ -37,8 +37,8 @@ import torch
 
 from dance.errors import ModelLayoutError
 from dance.files import check_finite, read_json, read_text, torch_load_error
-from dance.model_layout import load_pretrained
-from dance.model_layout import load_tokenizer as load_tokenizer_files
+from dance.models.model_layout import load_pretrained
+from dance.models.model_layout import load_tokenizer as load_tokenizer_files
 from dance_videoalign.frames import VisionSpec
 from dance_videoalign.prompt import REWARD_TOKENS, TEMPLATE_TYPE
 

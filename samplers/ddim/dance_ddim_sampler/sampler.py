@@ -12,7 +12,7 @@ as diffusers' ``DDIMScheduler.step`` implements it and as DDPO (Black et al., 20
 
 The log-probability is the Gaussian density of ``x_prev`` under ``(mean, std)`` in fp32, averaged
 over the non-batch elements (DDPO's and DanceGRPO's convention) or summed
-(:func:`dance.gaussian.gaussian_log_prob`).
+(:func:`dance.sampling.gaussian.gaussian_log_prob`).
 
 DDPO clamps the previous timestep of the last step to 0 before looking up its alpha, so it always
 uses ``abar_0`` there; that is what Stable Diffusion 1.x's ``set_alpha_to_one = false`` gives too.
@@ -26,8 +26,13 @@ import torch
 
 from dance.config import option
 from dance.errors import ConfigError
-from dance.gaussian import draw_noise, gather_levels, gaussian_log_prob, log_prob_reduction_option
 from dance.interfaces import Sampler, Schedule, StepOutput
+from dance.sampling.gaussian import (
+    draw_noise,
+    gather_levels,
+    gaussian_log_prob,
+    log_prob_reduction_option,
+)
 from dance_ddim_sampler.schedule import ddim_schedule
 
 
@@ -110,6 +115,10 @@ class DDIMSampler(Sampler):
     config_class = DDIMConfig
     prediction_types = ("epsilon",)
     stochastic = True
+    # DDPO's / DanceGRPO's sampler for diffusion models, and with eta 0 their noise-free DDIM.
+    default_for = ("epsilon",)
+    deterministic_for = ("epsilon",)
+    deterministic_options = {"eta": 0.0}
 
     def schedule(
         self, num_steps: int | None = None, device: torch.device | None = None

@@ -1,5 +1,5 @@
 """Code shared by the flow samplers: schedule fields, the SDE step and the sampler base class
-(per-sample sigmas, noise and the log-density come from :mod:`dance.gaussian`).
+(per-sample sigmas, noise and the log-density come from :mod:`dance.sampling.gaussian`).
 
 Notation (see DESIGN.md, "The algorithm"): latents ``x`` at level ``s = s_k``, velocity ``v``, next
 level ``s' = s_{k+1}``, ``D = s - s'``; clean prediction ``x0 = x - s * v``; noise prediction
@@ -16,13 +16,13 @@ import torch
 
 from dance.config import option
 from dance.errors import ConfigError
-from dance.gaussian import (
+from dance.interfaces import Sampler, Schedule, StepOutput
+from dance.sampling.gaussian import (
     draw_noise,
     gather_levels,
     gaussian_log_prob,
     log_prob_reduction_option,
 )
-from dance.interfaces import Sampler, Schedule, StepOutput
 from dance_flow_samplers.flash import (
     ODE_SOLVERS,
     compressed_tail_sigmas,

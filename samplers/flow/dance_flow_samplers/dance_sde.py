@@ -29,6 +29,7 @@ class DanceSDESampler(RectifiedFlowSDE):
     name = "dance-sde"
     config_class = DanceSDEConfig
     stochastic = True
+    default_for = ("flow",)  # DanceGRPO's sampler: the training default of flow models
 
     def diffusion(self, s: torch.Tensor, levels: torch.Tensor) -> float:
         return self.config.eta

@@ -25,6 +25,7 @@ class EulerODESampler(FlowSampler):
     name = "ode"
     config_class = ODEConfig
     stochastic = False
+    deterministic_for = ("flow",)  # evaluation and `dance sample` of flow models
 
     def mean_std(
         self,

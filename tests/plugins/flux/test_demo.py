@@ -10,7 +10,7 @@ import torch
 
 import dance
 import dance_flux
-from dance.cli import main
+from dance.cli.app import main
 from dance.errors import ModelLayoutError
 from dance.registry import get_registry, reset_registry
 from dance_shapes.scenes import SceneSpec, render_tensor

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import dance
-from dance.cli import main
-from dance.recipe import MOVED_TO_OBJECTIVE, resolve
+from dance.cli.app import main
+from dance.cli.recipe import MOVED_TO_OBJECTIVE, resolve
 from dance.registry import get_registry, reset_registry
 from dance.training.trainer import Trainer
 

@@ -88,7 +88,7 @@ def test_dance_run_trains_on_an_edit_reward(tiny_kontext: Path, edit_prompt_file
     images: the reward receives every prompt's source image, unchanged (40x48, as written), in
     training and in the evaluation."""
     import dance.registry
-    from dance.cli import main
+    from dance.cli.app import main
     from dance.registry import load_registry
 
     out = tmp_path / "run"
@@ -130,7 +130,7 @@ def test_recipe_shift_is_the_pipelines_at_its_resolution() -> None:
 
     from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
 
-    from dance.recipe import read_recipe
+    from dance.cli.recipe import read_recipe
 
     raw = read_recipe("flux-kontext")
     tokens = (raw["policy"]["height"] // 16) * (raw["policy"]["width"] // 16)

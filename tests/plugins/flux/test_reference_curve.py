@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dance.cli import main
+from dance.cli.app import main
 from dance.registry import reset_registry
 
 FOLDER = Path(__file__).parents[2] / "fixtures" / "reference_curves"

@@ -173,7 +173,7 @@ def test_ode_sampling_reproduces_the_pipeline(make_t2v, t2v_pipe) -> None:
     scheduler at the same shift and steps, from the same initial latents."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from dance.generate import denoise
+    from dance.sampling.generate import denoise
     from dance_flow_samplers.ode import EulerODESampler, ODEConfig
 
     policy = make_t2v()

@@ -129,7 +129,7 @@ def test_predict_is_true_cfg_against_the_negative_prompt(make_i2v, i2v_pipe) -> 
 def test_ode_sampling_reproduces_the_pipeline(make_i2v, i2v_pipe) -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from dance.generate import denoise
+    from dance.sampling.generate import denoise
     from dance_flow_samplers.ode import EulerODESampler, ODEConfig
 
     image = random_image(4, 48, 40)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dance.errors import ConfigError, UsageError
-from dance.generate import denoise
 from dance.interfaces import Prompt, Runtime
+from dance.sampling.generate import denoise
 from dance_ddim_sampler import DDIMConfig, DDIMSampler
 
 PROMPTS = ["a red cat on the left", "two blue squares"]

@@ -60,7 +60,7 @@ def registry(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_recipe_has_dancegrpos_sd_settings(registry, tiny_sd: Path) -> None:
-    from dance.recipe import read_recipe, resolve
+    from dance.cli.recipe import read_recipe, resolve
 
     raw = read_recipe("sd-hps-clip")
     raw["policy"]["model"] = str(tiny_sd)
@@ -80,7 +80,7 @@ def test_recipe_has_dancegrpos_sd_settings(registry, tiny_sd: Path) -> None:
 
 def test_recipe_runs_on_the_tiny_checkpoint(registry, tiny_sd: Path, tmp_path: Path) -> None:
     import dance.registry
-    from dance.cli import main
+    from dance.cli.app import main
 
     out = tmp_path / "run"
     args = ["run", "--recipe", "sd-hps-clip", "--model", str(tiny_sd), "--output-dir", str(out)]

@@ -76,7 +76,7 @@ def euler_scheduler(pipe, shift):  # noqa: ANN001, ANN201
 
 def ode_video(policy, prompt, x, steps=3, shift=3.0):  # noqa: ANN001, ANN201
     """The ode sampler + policy + decode, from latents ``x``."""
-    from dance.generate import denoise
+    from dance.sampling.generate import denoise
     from dance_flow_samplers.ode import EulerODESampler, ODEConfig
 
     sampler = EulerODESampler(ODEConfig(num_steps=steps, shift=shift), Runtime())

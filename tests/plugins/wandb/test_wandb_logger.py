@@ -20,7 +20,7 @@ import wandb
 from wandb.proto import wandb_internal_pb2
 
 import dance
-from dance.recipe import resolve
+from dance.cli.recipe import resolve
 from dance.registry import load_registry
 from dance.testing import toy_policy
 from dance.testing.toy_policy import toy_recipe

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dance.cli import main
+from dance.cli.app import main
 from dance.registry import reset_registry
 from dance_clip_rewards import tiny
 

@@ -15,7 +15,7 @@ from PIL import Image
 from dance.config import build
 from dance.errors import ConfigError, ModelLayoutError
 from dance.interfaces import Prompt, Runtime
-from dance.media import frame_indices
+from dance.video.frames import frame_indices
 from dance_clip_rewards import tiny
 from dance_clip_rewards.hps import HpsConfig, HpsReward
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from dance.cli import main
+from dance.cli.app import main
 from dance.registry import reset_registry
 
 SMALL = {"height": 32, "width": 32, "max_sequence_length": 16, "lora_rank": 4, "lora_alpha": 8.0}

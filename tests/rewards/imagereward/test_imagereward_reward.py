@@ -14,9 +14,9 @@ from imagereward_reference import reference_scores, reference_transform, to_pil
 from dance.config import build
 from dance.errors import ConfigError, ModelLayoutError
 from dance.interfaces import Prompt, Runtime
-from dance.media import frame_indices
 from dance.registry import load_registry
 from dance.testing.reward_contract import RewardContract
+from dance.video.frames import frame_indices
 from dance_imagereward import CLIP_STD, ImageReward, ImageRewardConfig, preprocess
 from dance_imagereward.tiny import vocabulary
 
@@ -190,7 +190,7 @@ def test_frozen_dtype_bf16_keeps_the_head_in_fp32(tiny_options) -> None:
 
 def test_differentiable_gradient_matches_finite_differences(tiny_options) -> None:
     diff = _make(tiny_options, differentiable=True)
-    assert diff.differentiable and not ImageReward.differentiable
+    assert diff.is_differentiable() and ImageReward.differentiable
     image = _images(1, 32, 32, seed=7).mul(0.8).add(0.1).requires_grad_(True)
     prompt = [Prompt(PROMPTS[0])]
     (grad,) = torch.autograd.grad(diff.score(image, prompt)["imagereward"].sum(), image)

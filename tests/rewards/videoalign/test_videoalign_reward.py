@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from dance.cli.recipe import parse_reward_arg, resolve_reward
 from dance.errors import ConfigError, ModelLayoutError, UsageError
 from dance.interfaces import Prompt, Runtime
-from dance.recipe import parse_reward_arg, resolve_reward
 from dance.registry import load_registry
 from dance.testing.reward_contract import RewardContract
 from dance_videoalign import VideoAlignReward

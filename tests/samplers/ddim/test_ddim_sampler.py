@@ -236,9 +236,10 @@ def test_bad_config_is_one_clear_error(values, message):
 
 
 def test_registered_for_epsilon_policies():
-    from dance.recipe import DEFAULT_SAMPLER
     from dance.registry import load_registry
 
-    cls = load_registry().get("sampler", "ddim")
+    registry = load_registry()
+    cls = registry.get("sampler", "ddim")
     assert cls is DDIMSampler and cls.prediction_types == ("epsilon",)
-    assert DEFAULT_SAMPLER["epsilon"] == "ddim"
+    assert registry.default_sampler("epsilon") == "ddim"
+    assert registry.deterministic_sampler("epsilon") == ("ddim", {"eta": 0.0})

@@ -11,11 +11,11 @@ import torch
 
 import dance
 import dance.registry
-from dance.cli import main
+from dance.cli.app import main
 from dance.config import build
 from dance.errors import ConfigError
-from dance.generate import denoise
 from dance.interfaces import Schedule
+from dance.sampling.generate import denoise
 from dance.testing.sampler_contract import SamplerContract
 from dance_flow_samplers import FlowSDESampler
 from dance_flow_samplers.flash import dpm_solver_2m_mean

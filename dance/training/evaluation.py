@@ -17,10 +17,10 @@ import torch
 
 import dance.distributed as dist
 from dance.config import option
-from dance.data import load_prompts
-from dance.generate import generate
 from dance.interfaces import Policy, Reward, Runtime
-from dance.layout import SampleLayout
+from dance.sampling.generate import generate
+from dance.training.layout import SampleLayout
+from dance.training.prompts import load_prompts
 
 
 @dataclass
@@ -58,14 +58,12 @@ class Evaluator:
         runtime: Runtime,
         prediction_type: str = "flow",
     ) -> None:
-        from dance.recipe import DETERMINISTIC_SAMPLER
-
         self.config = config
         self.reward = reward
         self.runtime = runtime
         name, defaults = config.sampler, {}
         if not name:
-            name, defaults = DETERMINISTIC_SAMPLER[prediction_type]
+            name, defaults = registry.deterministic_sampler(prediction_type)
         # Evaluate on the schedule the policy is trained with: every training sampler option the
         # evaluation sampler also has (shift; DDIM's beta table and spacing), then the
         # deterministic defaults (DDIM's eta 0) and the evaluation's own number of steps.
@@ -80,8 +78,8 @@ class Evaluator:
     def __call__(self, policy: Policy) -> tuple[dict[str, Any], torch.Tensor | None]:
         """The figures and the images ``[n, C, (F,) H, W]``. The figures hold the means and, under
         ``per_image``, each image's reward (and success) in prompt-then-seed order, so two stages
-        can be compared image by image (:mod:`dance.paired`); ``prompts`` is each image's prompt
-        in that order.
+        can be compared image by image (:mod:`dance.reporting.paired`); ``prompts`` is each image's
+        prompt in that order.
 
         Under several processes every rank generates and scores its share of the set (a
         collective: call it on every rank); every rank gets the figures, rank 0 alone the images

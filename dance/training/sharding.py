@@ -77,7 +77,7 @@ def shard_policy(policy: Policy, runtime: Runtime, cpu_offload: bool = False) ->
 
 def _full_finetune_reference(policy: Policy) -> torch.nn.Module | None:
     """The frozen copy a full fine-tune keeps for the KL term (prepared before sharding)."""
-    from dance.finetune import FinetunedPolicy
+    from dance.models.finetune import FinetunedPolicy
 
     if isinstance(policy, FinetunedPolicy):
         return policy.trained.reference_model

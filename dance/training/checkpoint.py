@@ -36,10 +36,10 @@ from typing import Any
 import torch
 
 import dance.distributed as dist
-from dance.ema import EMA
 from dance.errors import CheckpointError, UsageError
 from dance.interfaces import Policy
-from dance.sharding import local_tensor
+from dance.training.ema import EMA
+from dance.training.sharding import local_tensor
 
 logger = logging.getLogger(__name__)
 

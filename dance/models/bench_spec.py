@@ -15,7 +15,7 @@ model: the spec says
 * how to build the plain diffusers pipeline over the policy's modules and call it at the same
   setting, for the rollout comparison.
 
-Networks are built with random weights through :mod:`dance.random_weights`, which loads them
+Networks are built with random weights through :mod:`dance.models.random_weights`, which loads them
 through the policy's own ``from_pretrained`` calls.
 """
 

@@ -27,8 +27,8 @@ from rich.text import Text
 
 from dance.errors import RunError
 from dance.interfaces import Logger, RunInfo
-from dance.media import frame_indices
-from dance.video_io import DEFAULT_FPS, write_mp4
+from dance.video.frames import frame_indices
+from dance.video.mp4 import DEFAULT_FPS, write_mp4
 
 
 def media_to_grid(media: torch.Tensor, columns: int = 4) -> torch.Tensor:
@@ -51,7 +51,8 @@ def media_to_grid(media: torch.Tensor, columns: int = 4) -> torch.Tensor:
 
 def frame_strips(videos: torch.Tensor, frames: int) -> torch.Tensor:
     """Each video ``[B, C, F, H, W]`` as ``frames`` uniformly spaced frames side by side (the
-    first and last included, as in :func:`dance.media.frame_indices`): ``[B, C, H, frames' * W]``
+    first and last included, as in :func:`dance.video.frames.frame_indices`):
+    ``[B, C, H, frames' * W]``
     with ``frames' = min(frames, F)``."""
     index = frame_indices(videos.shape[2], frames, videos.device)
     chosen = videos.index_select(2, index)  # [B, C, F', H, W]

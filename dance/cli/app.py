@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from dance.errors import RunError, UsageError
-from dance.run_folders import (
+from dance.reporting.run_folders import (
     LATEST,
     RUNS_ROOT,
     choose_run_dir,
@@ -64,7 +64,7 @@ def _raw_recipe(
     overrides: list[str] | None,
     objective: str | None = None,
 ) -> dict[str, Any]:
-    from dance.recipe import apply_override, parse_reward_arg, read_recipe
+    from dance.cli.recipe import apply_override, parse_reward_arg, read_recipe
 
     raw = read_recipe(recipe) if recipe else {}
     if policy:
@@ -126,11 +126,11 @@ def run(
     threads: Threads = None,
 ) -> None:
     """Train a policy against one or more rewards (GRPO by default, or another --objective)."""
-    from dance.data import read_prompts
+    from dance.cli.recipe import resolve
+    from dance.cli.threads import use_threads
     from dance.files import check_writable_dir
-    from dance.recipe import resolve
     from dance.registry import get_registry
-    from dance.threads import use_threads
+    from dance.training.prompts import read_prompts
     from dance.training.trainer import Trainer
 
     _quiet_libraries()
@@ -214,8 +214,8 @@ def _check_demo_options(model: str | None, sampler: str | None, rewards: list[st
 def _check_resume_policy(recipe: str, policy: str | None, output_dir: Path) -> None:
     """--resume continues the run's own policy: another --policy would load other weights into
     it (and its sampler, rewards and checkpoint would not fit), so say which one the run used."""
+    from dance.cli.recipe import parse_toml
     from dance.files import read_text
-    from dance.recipe import parse_toml
 
     if not policy:
         return
@@ -319,20 +319,16 @@ def sample(
     threads: Threads = None,
 ) -> None:
     """Generate images from a base model, optionally with trained weights (and Best-of-N)."""
-    from dance.best_of_n import sample_best_of_n
+    from dance.cli.recipe import apply_override, parse_reward_arg, resolve_reward
+    from dance.cli.threads import use_threads
+    from dance.cli.trained import resolve_trained
     from dance.config import build, to_dict
-    from dance.data import PromptEntry, read_prompts
     from dance.files import check_writable_dir
-    from dance.generate import generate, resolve_trained, save_media
     from dance.interfaces import Runtime
-    from dance.recipe import (
-        DETERMINISTIC_SAMPLER,
-        apply_override,
-        parse_reward_arg,
-        resolve_reward,
-    )
     from dance.registry import get_registry
-    from dance.threads import use_threads
+    from dance.sampling.best_of_n import sample_best_of_n
+    from dance.sampling.generate import generate, save_media
+    from dance.training.prompts import PromptEntry, read_prompts
 
     _quiet_libraries()
     registry = get_registry()
@@ -367,7 +363,7 @@ def sample(
     policy_cls = registry.get("policy", policy_name)
     policy_obj = policy_cls(build(policy_cls.config_class, raw["policy"], "policy."), runtime)
     if not sampler:
-        sampler, defaults = DETERMINISTIC_SAMPLER[policy_cls.prediction_type]
+        sampler, defaults = registry.deterministic_sampler(policy_cls.prediction_type)
         raw["sampler"] = {**defaults, **raw["sampler"]}
     sampler_cls = registry.get("sampler", sampler)
     sampler_cfg = build(sampler_cls.config_class, raw["sampler"], "sampler.")

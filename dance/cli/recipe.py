@@ -1,5 +1,7 @@
 """Recipes: TOML files composing a policy, a sampler, rewards, an advantage and trainer settings.
 
+    requires = ["dance-flux", "dance-jpeg"]   # optional: the plugin distributions it needs
+
     [policy]
     name = "flux"              # registry name; every other key is a field of the policy's config
     model = "/models/FLUX.1-dev"
@@ -30,7 +32,8 @@ Bundled recipes live in ``dance/recipes/`` and are found by name; a path to a TO
 ``key=value`` overrides address any field: ``trainer.learning_rate=1e-5``, ``policy.height=512``,
 ``rewards.jpeg-compressibility.weight=2`` (or ``rewards.0.weight=2``), ``loggers.wandb.project=x``.
 A resolved recipe, with every default filled in, is what a run writes to ``config.toml``; it loads
-again as a recipe.
+again as a recipe. The resolved form, which the trainer receives, is
+:class:`dance.training.run_config.Recipe`.
 """
 
 from __future__ import annotations
@@ -38,16 +41,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
 from dance.config import build, parse_value, to_dict
 from dance.errors import ConfigError, UsageError, did_you_mean
-from dance.evaluation import EvaluationConfig
 from dance.files import read_text
-from dance.trainer_config import TrainerConfig
+from dance.training.evaluation import EvaluationConfig
+from dance.training.run_config import DEFAULT_OBJECTIVE, Recipe, RewardSpec
+from dance.training.trainer_config import TrainerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,7 +68,9 @@ SECTIONS = (
     "evaluation",
     "loggers",
 )
-DEFAULT_OBJECTIVE = "grpo"
+# The one top-level key besides the sections: the plugin distributions the recipe needs
+# (``requires = ["dance-flux", "dance-shapes"]``), checked when the recipe is read.
+REQUIRES = "requires"
 # [trainer] keys of recipes written before objectives were plugins: GRPO's settings, now in
 # [objective]. Old recipes and overrides still work, with a note saying where the key went.
 MOVED_TO_OBJECTIVE = (
@@ -75,68 +81,6 @@ MOVED_TO_OBJECTIVE = (
     "old_log_probs",
 )
 REWARD_KEYS = ("name", "weight", "component")
-DEFAULT_SAMPLER = {"flow": "dance-sde", "epsilon": "ddim"}
-# Evaluation and `dance sample`: the noise-free sampler of each kind of model, with its options.
-DETERMINISTIC_SAMPLER: dict[str, tuple[str, dict[str, Any]]] = {
-    "flow": ("ode", {}),
-    "epsilon": ("ddim", {"eta": 0.0}),
-}
-
-
-@dataclass
-class RewardSpec:
-    """One reward of a recipe: which reward, its weight, which component, and its config."""
-
-    name: str
-    weight: float = 1.0
-    component: str = ""  # "" = the reward's first (main) component
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}.{self.component}" if self.component else self.name
-
-
-@dataclass
-class Recipe:
-    """A resolved recipe: component names with their config values, and the trainer config."""
-
-    policy: str
-    policy_options: dict[str, Any]
-    sampler: str
-    sampler_options: dict[str, Any]
-    rewards: list[RewardSpec]
-    advantage: str
-    advantage_options: dict[str, Any]
-    trainer: TrainerConfig
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    objective: str = DEFAULT_OBJECTIVE
-    objective_options: dict[str, Any] = field(default_factory=dict)
-    # The options of each logger in trainer.loggers, in that order (empty for one without any).
-    loggers: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_toml_dict(self) -> dict[str, Any]:
-        return {
-            "policy": {"name": self.policy, **self.policy_options},
-            "sampler": {"name": self.sampler, **self.sampler_options},
-            "rewards": [
-                {
-                    "name": r.name,
-                    "weight": r.weight,
-                    **({"component": r.component} if r.component else {}),
-                    **r.options,
-                }
-                for r in self.rewards
-            ],
-            "advantage": {"name": self.advantage, **self.advantage_options},
-            "objective": {"name": self.objective, **self.objective_options},
-            "trainer": to_dict(self.trainer),
-            "evaluation": to_dict(self.evaluation),
-            **({"loggers": configured} if (configured := self._configured_loggers()) else {}),
-        }
-
-    def _configured_loggers(self) -> dict[str, dict[str, Any]]:
-        return {name: options for name, options in self.loggers.items() if options}
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -165,7 +109,30 @@ def read_recipe(name_or_path: str) -> dict[str, Any]:
         where = f"bundled recipe '{name_or_path}'"
     raw = parse_toml(text, where)
     check_sections(raw, where)
+    check_requirements(raw, where)
     return raw
+
+
+def check_requirements(raw: dict[str, Any], where: str) -> None:
+    """One UsageError line naming the plugin distributions the recipe ``requires`` that are not
+    installed: the dependency of a recipe on its plugins is declared in the recipe, not in code."""
+    missing = [name for name in raw.get(REQUIRES, []) if not _installed(name)]
+    if missing:
+        them = "them" if len(missing) > 1 else "it"
+        raise UsageError(
+            f"{where} needs the plugin distribution{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)}, not installed: install {them} (in a dance checkout, "
+            "`pip install -r requirements-dev.txt` installs every built-in plugin), or choose "
+            "another recipe."
+        )
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def parse_toml(text: str, where: str) -> dict[str, Any]:
@@ -178,6 +145,13 @@ def parse_toml(text: str, where: str) -> dict[str, Any]:
 
 def check_sections(raw: dict[str, Any], where: str) -> None:
     for key, value in raw.items():
+        if key == REQUIRES:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(
+                    f"{where}: '{REQUIRES}' must be a list of plugin distribution names, e.g. "
+                    'requires = ["dance-flux"].'
+                )
+            continue
         if key not in SECTIONS:
             raise ConfigError(
                 f"{where}: unknown section '{key}'.{did_you_mean(key, SECTIONS)}"
@@ -283,8 +257,8 @@ def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
     policy_cfg = build(policy_cls.config_class, policy_raw, prefix="policy.")
 
     sampler_raw = dict(raw.get("sampler", {}))
-    sampler_name = sampler_raw.pop("name", None) or DEFAULT_SAMPLER.get(
-        policy_cls.prediction_type, ""
+    sampler_name = sampler_raw.pop("name", None) or registry.default_sampler(
+        policy_cls.prediction_type
     )
     sampler_cls = registry.get("sampler", sampler_name)
     if policy_cls.prediction_type not in sampler_cls.prediction_types:
@@ -332,6 +306,7 @@ def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
         objective=obj_name,
         objective_options=to_dict(obj_cfg),
         loggers=loggers,
+        requires=list(raw.get(REQUIRES, [])),
     )
 
 
@@ -429,43 +404,3 @@ def resolve_reward(entry: dict[str, Any], policy_cls: type, registry: Any) -> Re
 @dataclass
 class _Weight:
     weight: float = dataclasses.field(default=1.0, metadata={"help": "reward weight"})
-
-
-# -- writing -------------------------------------------------------------------------------------
-
-
-def dumps_toml(data: dict[str, Any]) -> str:
-    """Write a recipe dict as TOML (tables, arrays of tables, and scalar or list values)."""
-    lines: list[str] = []
-    scalars = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
-    for k, v in scalars.items():
-        lines.append(f"{_key(k)} = {_value(v)}")
-    for k, v in data.items():
-        if isinstance(v, dict):
-            lines += ["", f"[{_key(k)}]"] + [f"{_key(a)} = {_value(b)}" for a, b in v.items()]
-        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-            for item in v:
-                lines += ["", f"[[{_key(k)}]]"]
-                lines += [f"{_key(a)} = {_value(b)}" for a, b in item.items()]
-        elif isinstance(v, list):
-            lines.insert(len(scalars), f"{_key(k)} = {_value(v)}")
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else _value(k)
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v) if not (isinstance(v, float) and v != v) else "nan"
-    if isinstance(v, str):
-        escaped = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{_key(a)} = {_value(b)}" for a, b in v.items()) + " }"
-    raise ConfigError(f"cannot write {v!r} to TOML")

@@ -10,20 +10,22 @@ Inference: draw ``N`` candidates per prompt and keep the one a reward likes best
 
 The selection runs on the gathered advantages ``[P*G]``, which every rank holds identically, so
 every rank computes the same choice without communicating even when a group spans ranks; each
-rank then trains the chosen samples it holds (:mod:`dance.layout`).
+rank then trains the chosen samples it holds (:mod:`dance.training.layout`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dance.errors import RewardError
-from dance.generate import generate
 from dance.interfaces import Policy, Prompt, Reward, Sampler
-from dance.recipe import RewardSpec
+from dance.sampling.generate import generate
+
+if TYPE_CHECKING:  # a type only: sampling imports nothing from training
+    from dance.training.run_config import RewardSpec
 
 
 def select_extremes(advantages: torch.Tensor, group_ids: torch.Tensor, k: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 from dance.errors import ConfigError, FileFault, UsageError
 from dance.files import check_finite, first_line
 from dance.interfaces import Policy, Runtime
-from dance.model_layout import load_pretrained, shard_names
+from dance.models.model_layout import load_pretrained, shard_names
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what load_lora_weights reads
 ADAPTER = "default"  # the peft adapter name

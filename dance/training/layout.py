@@ -6,7 +6,7 @@ the same optimizer steps and end with the same weights, up to the order of float
 
 - every random draw is keyed by (seed, iteration, global sample index), never by rank: the
   initial noise per sample (or group), the sampler's noise as one draw for the whole batch per
-  step (:class:`dance.generate.BatchNoise`);
+  step (:class:`dance.sampling.generate.BatchNoise`);
 - the pairs an iteration trains on, their order and their split into optimizer steps are drawn
   over the global batch, from a generator keyed by (seed, iteration) alone
   (:func:`draw_pairs`, :func:`optimizer_windows`); each rank then trains the pairs of the

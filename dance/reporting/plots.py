@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from dance.run_log import media_to_grid
+from dance.reporting.run_log import media_to_grid
 
 PANEL_W, PANEL_H, MARGIN = 560, 200, 48
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
@@ -96,7 +96,7 @@ def before_after_grid(
     ``prompts`` (one per image, images of one prompt next to each other, as the evaluation orders
     them): one row per prompt, labelled with it, its images before training on the left and after
     on the right. Videos ``[B, C, F, H, W]`` are shown by their middle frame (see
-    :func:`dance.run_log.media_to_grid`); one-channel media are drawn in grey.
+    :func:`dance.reporting.run_log.media_to_grid`); one-channel media are drawn in grey.
     """
     if prompts is not None:
         _labelled_before_after(before, after, path, prompts)

@@ -62,7 +62,7 @@ def _read_condition(path: Path, kind: str | None, origin: str, full: bool = True
     )
     try:
         if kind == "video":
-            from dance.video_io import read_first_frame
+            from dance.video.mp4 import read_first_frame
 
             return read_first_frame(path)
         import numpy as np
