@@ -29,6 +29,8 @@ docs/objectives.md for policies with true CFG). Flow (velocity) policies only.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,7 @@ from dance.ema import EMA
 from dance.errors import ConfigError
 from dance.generate import noise_from_seeds
 from dance.interfaces import Objective, Rollout, Sampler, TrainBatch, TrainingContext
+from dance.sharding import reshard
 
 
 @dataclass
@@ -194,8 +197,18 @@ class NFTObjective(Objective):
         n = rollout.schedule.num_steps
         return torch.arange(n), max(1, int(n * self.config.timestep_fraction))
 
-    def rollout_weights(self):  # noqa: ANN201 - a context manager
-        return self._old.applied()
+    @contextlib.contextmanager
+    def rollout_weights(self) -> Iterator[None]:
+        """The sampling policy's weights in the trained parameters, then the trained ones back.
+        Under FSDP2 each swap also drops the gathered copies a forward left behind, so the next
+        forward reads the swapped weights."""
+        modules = self.context.policy.trainable_modules()
+        with self._old.applied():
+            reshard(modules)
+            try:
+                yield
+            finally:
+                reshard(modules)
 
     def shadow_weights(self) -> dict[str, list[torch.Tensor]]:
         return {"nft_old": self._old.shadow}
@@ -229,7 +242,7 @@ class NFTObjective(Objective):
         weights for the whole iteration (they change only after its last optimizer step)."""
         self._prepared = {}
         self._steps_this_iteration, self._steps_done = len(batches), 0
-        with torch.no_grad(), self._old.applied():
+        with torch.no_grad(), self.rollout_weights():
             for step_batches in batches:
                 for b in step_batches:
                     xt = self.forward_noised(rollout, b)  # [m, *L]
