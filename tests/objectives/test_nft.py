@@ -274,6 +274,7 @@ def test_toy_run_trains_and_resumes_bit_for_bit(registry, tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_demo_nft_recipe_trains_the_tiny_flux_model_from_the_command_line(tmp_path, capsys):
     reset_registry()
     out_dir = tmp_path / "nft"
@@ -286,6 +287,7 @@ def test_demo_nft_recipe_trains_the_tiny_flux_model_from_the_command_line(tmp_pa
         str(out_dir),
         "objective.name=nft",
         "sampler.name=ode",
+        "sampler.num_steps=4",
         "trainer.iterations=2",
         "trainer.prompts_per_iteration=2",
         "trainer.group_size=2",
