@@ -289,6 +289,12 @@ def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
     obj_cls.check_sampler(obj_cfg, sampler_cls, sampler_cfg)
 
     trainer = build(TrainerConfig, raw.get("trainer", {}), prefix="trainer.")
+    if not sampler_cls.stochastic and trainer.share_initial_noise:
+        raise ConfigError(
+            f"sampler '{sampler_name}' is deterministic, so with trainer.share_initial_noise=true "
+            "every sample of a group is the same image and has advantage 0; set "
+            "trainer.share_initial_noise=false"
+        )
     evaluation = build(EvaluationConfig, raw.get("evaluation", {}), prefix="evaluation.")
     if evaluation.prompts:
         _check_evaluation(evaluation, rewards, registry)

@@ -9,5 +9,7 @@ from dance.hookspecs import hookimpl
 @hookimpl
 def register_objectives(register):  # noqa: ANN001 - the hook's callback
     from dance.objectives.grpo import GRPOObjective
+    from dance.objectives.nft import NFTObjective
 
     register(GRPOObjective)
+    register(NFTObjective)

@@ -106,6 +106,19 @@ def _shard_module(
             unit.set_force_sum_reduction_for_comms(True)
 
 
+def reshard(modules: Iterable[torch.nn.Module]) -> None:
+    """Free the gathered (unsharded) parameters FSDP2 keeps after a forward without gradients
+    (the root module keeps them for the backward it expects): after the sharded parameters are
+    overwritten in place (weights swapped for sampling), the next forward must gather them
+    again. Nothing to do for modules that are not sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in modules:
+        for unit in module.modules():
+            if isinstance(unit, FSDPModule):
+                unit.reshard()
+
+
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's part of ``tensor``: the local shard of a DTensor, else the tensor itself."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
