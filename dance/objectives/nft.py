@@ -38,10 +38,10 @@ import torch
 
 import dance.distributed as dist
 from dance.config import option
-from dance.training.ema import EMA
 from dance.errors import ConfigError
-from dance.sampling.generate import noise_from_seeds
 from dance.interfaces import Objective, Rollout, Sampler, TrainBatch, TrainingContext
+from dance.sampling.generate import noise_from_seeds
+from dance.training.ema import EMA
 from dance.training.sharding import reshard
 
 
@@ -188,7 +188,8 @@ class NFTObjective(Objective):
                 f"{policy.prediction_type}: use objective.name=grpo with it"
             )
         # The sampling policy theta_old: a copy of every trained parameter, shaped and sharded
-        # like it (dance.training.ema's per-parameter copies), starting equal to the trained weights.
+        # like it (dance.training.ema's per-parameter copies), starting equal to the trained
+        # weights.
         self._old = EMA(policy.trainable_parameters(), decay=0.0)
 
     def train_units(self, rollout: Rollout) -> tuple[torch.Tensor, int]:

@@ -12,10 +12,10 @@ import torch
 
 import dance
 from dance.cli.app import main
+from dance.cli.recipe import resolve
 from dance.errors import ConfigError
 from dance.interfaces import Rollout, Schedule, TrainBatch, TrainingContext
 from dance.objectives.nft import NFTConfig, NFTObjective, old_policy_decay
-from dance.cli.recipe import resolve
 from dance.registry import load_registry, reset_registry
 from dance.testing import toy_policy
 from dance.testing.toy_policy import ToyFlowPolicy, ToyPolicyConfig
