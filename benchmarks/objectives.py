@@ -35,9 +35,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from dance.cli.recipe import apply_override, dumps_toml, read_recipe, resolve
+from dance.cli.recipe import apply_override, read_recipe, resolve
 from dance.errors import UsageError
 from dance.registry import get_registry
+from dance.training.run_config import dumps_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Measured on the demo"

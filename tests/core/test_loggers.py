@@ -14,7 +14,7 @@ import pytest
 import dance
 import dance.registry
 from dance.cli.app import main
-from dance.cli.recipe import apply_override, dumps_toml, parse_toml, resolve
+from dance.cli.recipe import apply_override, parse_toml, resolve
 from dance.config import option
 from dance.errors import ConfigError, RunError, UsageError
 from dance.interfaces import Logger
@@ -22,6 +22,7 @@ from dance.registry import load_registry
 from dance.reporting.tensorboard import event_step, read_records
 from dance.testing import toy_policy
 from dance.testing.toy_policy import toy_recipe
+from dance.training.run_config import dumps_toml
 from dance.training.trainer import Trainer
 
 CALLS: list[tuple] = []  # what every _Recorder saw, in order
