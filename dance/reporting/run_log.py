@@ -1,5 +1,5 @@
 """What a run shows and writes besides checkpoints: progress, its loggers (metrics.jsonl,
-TensorBoard events, ... see :mod:`dance.loggers`), sample grids."""
+TensorBoard events, ... see :mod:`dance.reporting.loggers`), sample grids."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ it through the real trainer::
         objective = "my-objective"
         options = {"beta": 0.5}
         sampler = {"name": "ode", "num_steps": 4}
+        trainer = {"share_initial_noise": False}  # a deterministic sampler needs distinct starts
         plugins = {"mine": my_package.plugin}  # when it is not installed as an entry point
 """
 
@@ -36,6 +37,7 @@ class ObjectiveContract:
     options: ClassVar[dict[str, Any]] = {}
     sampler: ClassVar[dict[str, Any]] = {"name": "dance-sde", "num_steps": 4}
     plugins: ClassVar[dict[str, Any]] = {}
+    trainer: ClassVar[dict[str, Any]] = {}  # trainer settings on top of the contract's
 
     @pytest.fixture
     def registry(self) -> Registry:
@@ -56,6 +58,7 @@ class ObjectiveContract:
                 "learning_rate": 1e-2,
                 "sample_every": 0,
                 "checkpoint_every": 1,
+                **self.trainer,
                 **trainer,
             },
         }

@@ -61,6 +61,7 @@ plugin = types.SimpleNamespace(
 class TestThirdPartyObjective(ObjectiveContract):
     objective = "weighted-flow-matching"
     sampler = {"name": "ode", "num_steps": 3}  # deterministic rollouts are fine here
+    trainer = {"share_initial_noise": False}  # ... from distinct starts within a group
     plugins = {"wfm": plugin}
 
 
@@ -95,6 +96,7 @@ def test_dance_run_with_objective_flag_trains_the_toy_policy(cli_registry, tmp_p
     args += ["--objective", "weighted-flow-matching", "--sampler", "ode"]
     args += ["--output-dir", str(tmp_path), "--no-progress", "objective.temperature=0.5"]
     args += ["trainer.iterations=2", "trainer.group_size=2", "trainer.prompts_per_iteration=1"]
+    args += ["trainer.share_initial_noise=false"]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     config = (tmp_path / "config.toml").read_text()
