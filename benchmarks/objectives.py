@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import signal
 import statistics
 import subprocess
@@ -114,9 +115,18 @@ def cpu_so_far(metrics: Path) -> list[float]:
 
 
 def train(recipe: dict[str, Any], out: Path, budget: float) -> dict[str, Any]:
-    """One run until its training CPU reaches ``budget``; its held-out curve against CPU."""
+    """One run until its training CPU reaches ``budget``; its held-out curve against CPU.
+
+    A run already finished in ``out`` with the same recipe and budget (an earlier invocation
+    with the same ``--work``) is read back instead of trained again."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.toml").write_text(dumps_toml(recipe))
+    text = dumps_toml(recipe) + f"# budget {budget:g}\n"
+    if not ((out / "recipe.toml").is_file() and (out / "recipe.toml").read_text() == text):
+        shutil.rmtree(out / "run", ignore_errors=True)  # another setting: train again
+    elif (out / "run" / "summary.json").is_file():
+        return _result(out)
+    shutil.rmtree(out / "run", ignore_errors=True)  # a run that did not finish starts again
+    (out / "recipe.toml").write_text(text)
     command = [sys.executable, "-m", "dance.cli", "run", "--no-progress", "--recipe"]
     command += [str(out / "recipe.toml"), "--output-dir", str(out / "run")]
     log = (out / "log.txt").open("w")
@@ -131,6 +141,10 @@ def train(recipe: dict[str, Any], out: Path, budget: float) -> dict[str, Any]:
     log.close()
     if process.returncode not in (0, 130):  # 130: stopped by SIGINT, as asked
         raise RuntimeError(f"{out} failed: {(out / 'log.txt').read_text()[-2000:]}")
+    return _result(out)
+
+
+def _result(out: Path) -> dict[str, Any]:
     summary = json.loads((out / "run" / "summary.json").read_text())
     cpu = [0.0, *cpu_so_far(out / "run" / "metrics.jsonl")]  # cpu[i]: after i iterations
     curve = [{**p, "cpu_s": cpu[min(p["iteration"], len(cpu) - 1)]} for p in summary["eval_curve"]]

@@ -55,7 +55,7 @@ class _StandIns:
 def registry(monkeypatch: pytest.MonkeyPatch):
     from dance.registry import load_registry
 
-    monkeypatch.setenv("DANCE_PLUGINS", "sd,ddim,advantages,objectives")
+    monkeypatch.setenv("DANCE_PLUGINS", "sd,ddim,advantages,objectives,loggers")
     return load_registry(extra={"stand-in-rewards": _StandIns()})
 
 
