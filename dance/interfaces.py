@@ -453,7 +453,11 @@ class Objective(ABC):
         ``batch.weight`` and divides by the optimizer step's global pair count."""
 
     def after_optimizer_step(self) -> None:  # noqa: B027 - optional hook
-        """After each optimizer step (DiffusionNFT's soft update of the sampling policy)."""
+        """After each optimizer step."""
+
+    def end_update(self) -> None:  # noqa: B027 - optional hook
+        """After the iteration's last optimizer step (also when it made none): DiffusionNFT's
+        soft update of the sampling policy."""
 
     def metrics(self) -> dict[str, float]:
         """The iteration's metrics over every rank (reduce with :mod:`dance.distributed`), reset

@@ -159,8 +159,6 @@ class NFTObjective(Objective):
     def __init__(self, config: NFTConfig, runtime: Any) -> None:
         super().__init__(config, runtime)
         self.optimizer_steps = 0  # over the whole run: the decay schedule's clock (resumed)
-        self._steps_this_iteration = 0
-        self._steps_done = 0
         self._prepared: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._stats = _Stats(runtime.device)
 
@@ -242,14 +240,11 @@ class NFTObjective(Objective):
         """x_t and v_old of every micro-batch this rank trains, with one swap to the sampling
         weights for the whole iteration (they change only after its last optimizer step)."""
         self._prepared = {}
-        self._steps_this_iteration, self._steps_done = len(batches), 0
         with torch.no_grad(), self.rollout_weights():
             for step_batches in batches:
                 for b in step_batches:
                     xt = self.forward_noised(rollout, b)  # [m, *L]
                     self._prepared[b.window, b.index] = (xt, self._predict(rollout, b, xt))
-        if not batches:  # no optimizer step this iteration: the reference still soft-updates
-            self._soft_update()
 
     def loss(self, rollout: Rollout, batch: TrainBatch) -> torch.Tensor:
         cfg = self.config
@@ -274,14 +269,11 @@ class NFTObjective(Objective):
 
     def after_optimizer_step(self) -> None:
         self.optimizer_steps += 1
-        self._steps_done += 1
-        # The reference soft-updates once per iteration, after its last optimizer step, with
-        # eta from the optimizer step count so far.
-        if self._steps_done == self._steps_this_iteration:
-            self._soft_update()
 
-    def _soft_update(self) -> None:
-        """theta_old <- eta theta_old + (1 - eta) theta (the paper's soft update)."""
+    def end_update(self) -> None:
+        """theta_old <- eta theta_old + (1 - eta) theta (the paper's soft update), once per
+        iteration after its last optimizer step (also without one) as the reference does, with
+        eta from the optimizer step count so far."""
         self._old.decay = old_policy_decay(self.optimizer_steps, self.config)
         self._old.update()
         self._stats.decay = self._old.decay

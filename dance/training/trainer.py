@@ -391,6 +391,7 @@ class Trainer:
                 (per_pair.sum() / global_pairs).backward()
             grad_norms.append(self._optimizer_step(it))
             self.objective.after_optimizer_step()
+        self.objective.end_update()
         if windows:
             self._check_finite_weights(it)
         return {

@@ -186,6 +186,7 @@ def test_soft_update_once_per_iteration_after_its_last_step():
         for p in params:
             p.add_(0.25)
     objective.after_optimizer_step()
+    objective.end_update()  # the trainer's call after the iteration's last optimizer step
     eta = 0.2  # two optimizer steps so far x 0.1
     for s, s0, p in zip(old, start, params, strict=True):
         assert torch.allclose(s, eta * s0 + (1 - eta) * p.detach(), atol=1e-6)
