@@ -25,10 +25,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import dance.registry
-from dance.cli.app import main
 from dance.errors import FileFault
 from dance.registry import load_registry
 from dance.testing import toy_policy
+from dance.testing.cli_runner import run_cli
 
 TOY_RUN = ["run", "--policy", "toy-flow", "--reward", "jpeg-compressibility", "--no-progress"]
 TOY_SAMPLE = ["sample", "--policy", "toy-flow", "--prompt", "a cat"]
@@ -49,13 +49,6 @@ def toy_registry(monkeypatch: pytest.MonkeyPatch):
     registry = load_registry(extra={"toy": toy_policy})
     monkeypatch.setattr(dance.registry, "_REGISTRY", registry)
     return registry
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 # --- building the inputs of each case --------------------------------------------------------

@@ -5,9 +5,9 @@ import json
 import pytest
 
 import dance.registry
-from dance.cli.app import main
 from dance.registry import load_registry
 from dance.testing import toy_policy
+from dance.testing.cli_runner import run_cli
 
 BUILT_INS = {"advantages", "flow-samplers", "flux", "jpeg", "binary"}
 
@@ -17,13 +17,6 @@ def toy_registry(monkeypatch):
     registry = load_registry(extra={"toy": toy_policy})
     monkeypatch.setattr(dance.registry, "_REGISTRY", registry)
     return registry
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 TOY = ["run", "--policy", "toy-flow", "--reward", "jpeg-compressibility", "--no-progress"]

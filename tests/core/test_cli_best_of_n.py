@@ -10,10 +10,10 @@ from PIL import Image
 
 import dance
 import dance.registry
-from dance.cli.app import main
 from dance.config import option
 from dance.registry import load_registry
 from dance.testing import toy_policy
+from dance.testing.cli_runner import run_cli
 
 
 @dataclass
@@ -56,13 +56,6 @@ def registry(monkeypatch):
     registry = load_registry(extra={"toy": toy_policy, "test-rewards": _plugin})
     monkeypatch.setattr(dance.registry, "_REGISTRY", registry)
     return registry
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 SAMPLE = ["sample", "--policy", "toy-flow", "sampler.num_steps=3"]

@@ -13,10 +13,10 @@ import pytest
 import torch.multiprocessing as mp
 
 import dance.registry
-from dance.cli.app import main
 from dance.registry import load_registry
 from dance.reporting.run_folders import choose_run_dir, latest_run, new_run_dir, point_latest
 from dance.testing import toy_policy
+from dance.testing.cli_runner import run_cli
 
 TINY = ["trainer.iterations=1", "trainer.group_size=2", "trainer.prompts_per_iteration=1"]
 TINY += ["sampler.num_steps=3", "trainer.sample_every=0"]
@@ -30,13 +30,6 @@ def in_tmp(monkeypatch, tmp_path):
     monkeypatch.setattr(dance.registry, "_REGISTRY", load_registry(extra={"toy": toy_policy}))
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def run_folders(root):

@@ -7,11 +7,11 @@ import torch
 
 import dance.cli.threads
 import dance.registry
-from dance.cli.app import main
 from dance.cli.threads import choose_threads, use_threads
 from dance.errors import UsageError
 from dance.registry import load_registry
 from dance.testing import toy_policy
+from dance.testing.cli_runner import run_cli
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
 
@@ -43,13 +43,6 @@ def test_use_threads_sets_torch(monkeypatch):
     assert torch.get_num_threads() == 1
     assert use_threads(2, CPU) == "2 CPU threads (--threads)"
     assert torch.get_num_threads() == 2
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def test_threads_option_of_run_and_sample(monkeypatch, tmp_path, capsys):

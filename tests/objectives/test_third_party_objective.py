@@ -13,10 +13,10 @@ import torch
 
 import dance
 import dance.registry
-from dance.cli.app import main
 from dance.config import option
 from dance.registry import load_registry
 from dance.testing import toy_policy
+from dance.testing.cli_runner import run_cli
 from dance.testing.objective_contract import ObjectiveContract
 
 
@@ -70,13 +70,6 @@ def cli_registry(monkeypatch):
     registry = load_registry(extra={"toy": toy_policy, "wfm": plugin})
     monkeypatch.setattr(dance.registry, "_REGISTRY", registry)
     return registry
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def test_listed_by_dance_plugins_with_its_options(cli_registry, capsys):
