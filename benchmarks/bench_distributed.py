@@ -84,6 +84,7 @@ def worker(args: argparse.Namespace) -> None:
     result = {**peak, "seconds_per_iteration": sum(times) / len(times), "sharded": trainer.sharded}
     out = Path(args.out) / f"rank{dist.rank()}-of-{dist.world_size()}.json"
     out.write_text(json.dumps(result))
+    dist.end_process(0)
 
 
 def launch(world: int, model: Path, out: Path, repeats: int) -> list[dict]:

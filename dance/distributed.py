@@ -15,11 +15,14 @@ Two rules keep a job of several processes from hanging:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
+import sys
+import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as torch_dist
@@ -94,6 +97,8 @@ def init_from_env(timeout_s: float | None = None) -> None:
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
+    global _joined_a_group
+    _joined_a_group = True  # set first: a failed join also leaves gloo/NCCL threads behind
     try:
         torch_dist.init_process_group(backend=backend, timeout=timeout)
     except (RuntimeError, ValueError) as exc:  # the store's timeout, a refused connection...
@@ -111,6 +116,38 @@ def shutdown() -> None:
     """Leave the process group (a local operation, safe after an error on another rank)."""
     if is_distributed():
         torch_dist.destroy_process_group()
+
+
+_joined_a_group = False  # whether this process ever tried to join a group of several
+
+
+def end_process(code: int) -> NoReturn:
+    """End this process with exit status ``code``.
+
+    A single process simply raises SystemExit. A rank of a job of several processes leaves the
+    group, waits for its own threads, runs the ``atexit`` handlers (loggers' and plugins'
+    clean-up), flushes stdout and stderr, and then ends with ``os._exit``, skipping the
+    interpreter's finalization. The backends' C++ threads (gloo's workers, which free the
+    tensors of finished collectives) can still need the GIL while Python finalizes; Python then
+    stops such a thread with pthread_exit, which aborts the process through C++'s
+    std::terminate ("terminate called without an active exception", SIGABRT) after the rank
+    has finished its work (seen in CI, rarely, on a loaded machine, on a rank that had
+    finished its run). Python's multiprocessing ends its workers with ``os._exit`` too.
+    """
+    if not _joined_a_group:
+        sys.exit(code)
+    try:
+        shutdown()
+    except Exception as exc:  # leaving the group must not change how the run ended
+        print(f"note: leaving the process group failed: {exc}", file=sys.stderr)
+    for thread in threading.enumerate():  # what the interpreter would wait for at exit
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken pipe: nothing left to say
+            stream.flush()
+    os._exit(code)
 
 
 def _collective_device() -> torch.device:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -489,29 +490,56 @@ def _describe_os_error(exc: OSError) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line and exit code 2 for usage errors, no traceback."""
     try:
+        code = _run_app(argv)
+    except Exception:  # a bug, not a user's mistake: its traceback, then the same exit path
+        if not _joined_a_group():
+            raise
+        traceback.print_exc()
+        code = 1
+    _end(code)
+
+
+def _run_app(argv: list[str] | None) -> int:
+    """Run the command; the exit status, after one line on stderr for an error."""
+    try:
         code = app(args=argv, standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
+        return code if isinstance(code, int) else 0
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except typer.Abort:
         typer.echo("aborted", err=True)
-        sys.exit(130)
+        return 130
     except _ClickUsageError as exc:
         hint = f" (see `dance {exc.ctx.info_name} --help`)" if exc.ctx else ""
         typer.echo(f"error: {exc.format_message()}{hint}", err=True)
-        sys.exit(2)
+        return 2
     except UsageError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        return 2
     except RunError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        return 1
     except OSError as exc:  # a full disk, a permission denied, an I/O error: not the user's typo
         typer.echo(f"error: {_describe_os_error(exc)}", err=True)
-        sys.exit(1)
+        return 1
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+        return 130
+
+
+def _joined_a_group() -> bool:
+    distributed = sys.modules.get("dance.distributed")  # not imported: no group was joined
+    return distributed is not None and distributed._joined_a_group
+
+
+def _end(code: int) -> None:
+    """Exit with ``code``; a rank of a job of several processes ends through
+    :func:`dance.distributed.end_process` (why is said there)."""
+    if _joined_a_group():
+        import dance.distributed as dist
+
+        dist.end_process(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

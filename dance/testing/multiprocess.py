@@ -207,17 +207,18 @@ def _worker(payload: str, folder: str) -> None:
     import dance.distributed as dist
 
     dist.init_from_env(timeout_s=120)
-    try:
-        result = fn(*args)
-    finally:
-        dist.shutdown()
+    result = fn(*args)
     with (Path(folder) / f"result-{dist.rank()}.pkl").open("wb") as f:
         pickle.dump(result, f)
 
 
 if __name__ == "__main__":
+    import dance.distributed
+
     try:
         _worker(sys.argv[1], sys.argv[2])
+        code = 0
     except BaseException:
         traceback.print_exc()
-        sys.exit(1)
+        code = 1
+    dance.distributed.end_process(code)  # leaves the group, then ends past finalization

@@ -94,8 +94,7 @@ def main() -> None:
         out = Path(args["out"])
         out.mkdir(parents=True, exist_ok=True)
         torch.save(result, out / f"{args['tag']}.pt")
-    if dist.is_distributed():
-        torch.distributed.destroy_process_group()
+    dist.end_process(0)
 
 
 if __name__ == "__main__":

@@ -161,8 +161,7 @@ def main() -> None:
     torch.set_num_threads(1)
     dist.init_from_env()
     write_result(args, {"train": train}[scenario](args))
-    if dist.is_distributed():
-        torch.distributed.destroy_process_group()
+    dist.end_process(0)
 
 
 if __name__ == "__main__":
