@@ -63,7 +63,9 @@ class GRPOConfig:
         False,
         "GRPO-Guard's gradient reweighting (arXiv 2510.22319, flow matching): multiply each "
         "pair's clipped policy term by 1 / dt, dt = sigma_k - sigma_{k+1} of its step, so every "
-        "noise level moves the weights alike (flow samplers only)",
+        "noise level moves the weights alike (flow samplers only; exact for flow-sde, "
+        "approximate for dance-sde and cps; the policy term grows about num_steps-fold against "
+        "the KL term)",
     )
 
     def recompute_old(self) -> bool:

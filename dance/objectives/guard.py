@@ -20,8 +20,22 @@ number of processes by construction).
 
 The norms and inner products are reduced over the latent elements exactly as the sampler reduces
 its log-density ('mean', DanceGRPO's convention, or 'sum'), so that the bias cancels the one in
-``log r``. The published implementations (verl-omni's ``grpo_guard`` loss, Flow-Factory's
-``GRPOGuardTrainer``) compute the same two formulas.
+``log r``.
+
+Source: the paper's method section (its log-ratio decomposition, RatioNorm as s times the
+bias-corrected log-ratio, equal to the inner product of the noise and the mean drift, and the
+final objective with delta = 1 / dt on the clipped policy term only, the KL term unweighted),
+checked against the flow_grpo GRPO-Guard training script and verl-omni's ``grpo_guard`` loss,
+which compute the same two formulas. Where the paper is silent:
+
+- under DanceGRPO's SDE (``dance-sde``) the mean moves by dt * beta_t * v with
+  beta_t = 1 + eta^2 (1 - sigma) / (2 sigma), so 1 / dt leaves a beta_t factor that differs
+  from step to step: the steps are equalised only approximately, as in the paper's Flow-GRPO
+  setting they are exactly;
+- under ``cps`` the mean is not linear in dt * v, so 1 / dt is a heuristic there;
+- 1 / dt is about the number of steps: the policy term grows by that much against the KL term
+  and ``trainer.max_grad_norm`` (lower the learning rate or raise the KL coefficient to keep
+  the same balance).
 """
 
 from __future__ import annotations
