@@ -181,7 +181,8 @@ class RunLog:
         if self.plain:
             todo = self.iterations - iteration
             resumed = f", resuming after iteration {iteration}" if iteration else ""
-            self._print(f"GRPO: {todo} of {self.iterations} iterations to run{resumed}")
+            objective = self.config.get("objective", {}).get("name", "grpo")
+            self._print(f"{objective}: {todo} of {self.iterations} iterations to run{resumed}")
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)

@@ -382,6 +382,7 @@ class Trainer:
         self.objective.begin_update(rollout, batches)
 
         grad_norms = []
+        loss_sum = torch.zeros((), device=dev)  # this rank's trained pairs' losses (no sync)
         for w, ((global_pairs, _), step_batches) in enumerate(zip(windows, batches, strict=True)):
             self.lr_scheduler.apply(it, w, len(windows))  # this step's learning rate
             for batch in step_batches:
@@ -389,12 +390,17 @@ class Trainer:
                 # ranks gives the mean over all its pairs.
                 per_pair = self.objective.loss(rollout, batch) * batch.weight.float()  # [m]
                 (per_pair.sum() / global_pairs).backward()
+                loss_sum += per_pair.detach().float().sum()
             grad_norms.append(self._optimizer_step(it))
             self.objective.after_optimizer_step()
         self.objective.end_update()
         if windows:
             self._check_finite_weights(it)
+        total = float(dist.all_reduce(loss_sum).item())
         return {
+            # The mean loss per trained pair, for any objective; one that reports its own
+            # "loss" (grpo, nft) keeps it.
+            "loss": total / pairs.shape[0] if pairs.shape[0] else 0.0,
             **self.objective.metrics(),
             "grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
             "optimizer_steps": float(len(grad_norms)),

@@ -26,9 +26,18 @@ def test_plain_lines_every_iteration_when_slow(tmp_path):
         log.log(it, {"loss": 0.5}, HEADLINE)
     log.close()
     lines = out.getvalue().splitlines()
-    assert lines[0] == "GRPO: 3 of 3 iterations to run"
+    assert lines[0] == "grpo: 3 of 3 iterations to run"
     assert [line.split("  ")[0] for line in lines[1:]] == [f"iteration {i}/3" for i in (1, 2, 3)]
     assert all(HEADLINE in line and "elapsed 0:00:0" in line for line in lines[1:])
+
+
+def test_the_first_plain_line_names_the_runs_objective(tmp_path):
+    out = io.StringIO()
+    config = {"objective": {"name": "nft"}}
+    log = RunLog(tmp_path, 2, enabled=True, progress=True, stream=out, config=config)
+    log.start_at(0)
+    log.close()
+    assert out.getvalue().splitlines()[0] == "nft: 2 of 2 iterations to run"
 
 
 def test_plain_lines_are_thinned_when_fast_but_keep_the_last(tmp_path):
@@ -39,7 +48,7 @@ def test_plain_lines_are_thinned_when_fast_but_keep_the_last(tmp_path):
         log.log(it, {"loss": 0.5}, HEADLINE)
     log.close()
     lines = out.getvalue().splitlines()
-    assert lines[0] == "GRPO: 60 of 100 iterations to run, resuming after iteration 40"
+    assert lines[0] == "grpo: 60 of 100 iterations to run, resuming after iteration 40"
     assert [line.split("  ")[0] for line in lines[1:]] == ["iteration 41/100", "iteration 50/100"]
 
 
@@ -116,7 +125,7 @@ def test_a_stopped_run_prints_plain_lines_saves_and_exits_with_the_signal_code(
     proc.send_signal(sig)
     rest, err = proc.communicate(timeout=300)
     assert proc.returncode == code, err
-    assert "GRPO: 100000 of 100000 iterations to run\n" in seen
+    assert "grpo: 100000 of 100000 iterations to run\n" in seen
     first = seen[-1]
     assert first.startswith("iteration 1/100000  jpeg-compressibility ")
     assert " s/it  elapsed " in first
