@@ -104,7 +104,9 @@ def run(
     ] = None,
     objective: Annotated[
         str | None,
-        typer.Option(help="training objective: grpo (default), nft, ... (see `dance plugins`)"),
+        typer.Option(
+            help="training objective: grpo (default), nft, ... (its options: `dance plugins NAME`)"
+        ),
     ] = None,
     output_dir: Annotated[
         Path | None,
@@ -423,30 +425,62 @@ def sample(
 
 @app.command()
 def plugins(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="only these components, with their options (e.g. nft, flow-sde, trainer, "
+            "evaluation)",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
     options: Annotated[
-        bool, typer.Option("--options", help="print every component's config fields")
+        bool,
+        typer.Option("--options", help="print every component's config fields, and the core's"),
     ] = False,
 ) -> None:
     """List installed plugins, what they register, and whether they loaded."""
     from dance.config import describe
     from dance.registry import get_registry
+    from dance.training.evaluation import EvaluationConfig
+    from dance.training.trainer_config import TrainerConfig
 
     registry = get_registry()
+    core_tables = {"trainer": TrainerConfig, "evaluation": EvaluationConfig}
+    wanted = set(names or [])
+    options = options or bool(wanted)
+    known = {name for info in registry.plugins.values() for _, name in info.components}
+    unknown = sorted(wanted - known - set(core_tables))
+    if unknown:
+        from dance.errors import did_you_mean
+
+        hint = did_you_mean(unknown[0], sorted(known | set(core_tables)))
+        raise UsageError(
+            f"no installed component or core table is called '{unknown[0]}'.{hint} "
+            "(`dance plugins` lists the components)"
+        )
+
+    def fields(config_class: type) -> list[dict[str, Any]]:
+        return [
+            {"name": f.name, "type": f.type, "default": f.default, "help": f.help}
+            for f in describe(config_class)
+        ]
+
     rows = []
     for info in sorted(registry.plugins.values(), key=lambda p: p.name):
         comps = []
         for kind, name in info.components:
+            if wanted and name not in wanted:
+                continue
             entry: dict[str, Any] = {"kind": kind, "name": name}
             cls = registry.components[kind][name].cls
             if kind == "objective":  # what it trains on, and with which samplers
                 entry["note"] = f"  (keeps {cls.keeps}; {cls.sampler_requirement})"
             if options:
-                entry["options"] = [
-                    {"name": f.name, "type": f.type, "default": f.default, "help": f.help}
-                    for f in describe(cls.config_class)
-                ]
+                entry["options"] = fields(cls.config_class)
             comps.append(entry)
+        if wanted and not comps:
+            continue
         rows.append(
             {
                 "name": info.name,
@@ -457,7 +491,12 @@ def plugins(
                 "registers": comps,
             }
         )
-    if as_json:
+    tables = {
+        table: fields(cls)
+        for table, cls in core_tables.items()
+        if options and (not wanted or table in wanted)
+    }
+    if as_json:  # the plugins only: the core's tables are not plugins
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
     for row in rows:
@@ -466,10 +505,17 @@ def plugins(
         typer.echo(f"{row['name']}  [{dist}]  {status}")
         for comp in row["registers"]:
             typer.echo(f"    {comp['kind']:<9} {comp['name']}{comp.get('note', '')}")
-            for opt in comp.get("options", []):
-                typer.echo(
-                    f"        {opt['name']} ({opt['type']}) = {opt['default']!r}: {opt['help']}"
-                )
+            _echo_options(comp.get("options", []))
+    if tables:
+        typer.echo("core  (its tables of a recipe)")
+        for table, opts in tables.items():
+            typer.echo(f"    table     [{table}]")
+            _echo_options(opts)
+
+
+def _echo_options(options: list[dict[str, Any]]) -> None:
+    for opt in options:
+        typer.echo(f"        {opt['name']} ({opt['type']}) = {opt['default']!r}: {opt['help']}")
 
 
 def _describe_os_error(exc: OSError) -> str:

@@ -80,6 +80,23 @@ def test_plugins_options_print_fields(capsys):
     code, out, _ = run_cli(["plugins", "--options"], capsys)
     assert code == 0
     assert "eta (float) = 0.3" in out and "lora_rank (int) = 128" in out
+    # ... and the core's own tables, which are not plugins
+    assert "    table     [trainer]" in out and "    table     [evaluation]" in out
+    assert "iterations (int) = 100" in out and "every (int) = 0" in out
+
+
+def test_plugins_named_print_only_those_with_their_options(capsys):
+    dance.registry.reset_registry()
+    code, out, _ = run_cli(["plugins", "nft", "evaluation"], capsys)
+    assert code == 0
+    assert "objective nft" in out and "decay_rate (float) = 0.001" in out
+    assert "every (int) = 0" in out
+    assert "    objective grpo" not in out and "table     [trainer]" not in out
+    assert "policy    flux" not in out
+    code, _, err = run_cli(["plugins", "nfft"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "no installed component or core table is called 'nfft'" in err
+    assert "Did you mean 'nft'?" in err
 
 
 def test_toy_run_then_resume_then_sample(toy_registry, capsys, tmp_path):
