@@ -79,7 +79,16 @@ def _raw_recipe(
     if rewards:
         raw["rewards"] = [parse_reward_arg(r) for r in rewards]
     if objective and raw.get("objective", {}).get("name", "grpo") != objective:
-        raw["objective"] = {"name": objective}  # the recipe's options were for another objective
+        dropped = sorted(k for k in raw.get("objective", {}) if k != "name")
+        if dropped:  # the recipe's options were for another objective
+            was = raw["objective"].get("name", "grpo")
+            typer.echo(
+                f"note: --objective {objective} replaces the recipe's [objective] table (of "
+                f"'{was}': {', '.join(dropped)}); set {objective}'s options with "
+                f"objective.FIELD=VALUE (`dance plugins {objective}` lists them).",
+                err=True,
+            )
+        raw["objective"] = {"name": objective}
     elif objective:
         raw.setdefault("objective", {})["name"] = objective
     for assignment in overrides or []:

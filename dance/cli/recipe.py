@@ -285,6 +285,7 @@ def resolve(raw: dict[str, Any], registry: Any) -> Recipe:
     obj_raw = dict(raw.get("objective", {}))
     obj_name = obj_raw.pop("name", None) or DEFAULT_OBJECTIVE
     obj_cls = registry.get("objective", obj_name)
+    _check_objective_keys(obj_raw, obj_name, obj_cls, sampler_cls, registry)
     obj_cfg = build(obj_cls.config_class, obj_raw, prefix="objective.")
     obj_cls.check_sampler(obj_cfg, sampler_cls, sampler_cfg)
 
@@ -340,6 +341,39 @@ def resolve_loggers(
     return out
 
 
+def _check_objective_keys(
+    values: dict[str, Any], name: str, cls: type, sampler_cls: type, registry: Any
+) -> None:
+    """An [objective] key that belongs to the sampler or to another objective says where it
+    belongs (a misspelt one gets build()'s did-you-mean)."""
+    import dataclasses
+
+    def fields(config_class: type) -> set[str]:
+        return {f.name for f in dataclasses.fields(config_class)}
+
+    own = fields(cls.config_class)
+    for key in values:
+        field = key.replace("-", "_")
+        if field in own:
+            continue
+        if field in fields(sampler_cls.config_class):
+            raise ConfigError(
+                f"objective.{key} is an option of the sampler '{sampler_cls.name}', not of the "
+                f"objective: set sampler.{key} instead."
+            )
+        others = sorted(
+            other
+            for other, entry in registry.components.get("objective", {}).items()
+            if other != name and field in fields(entry.cls.config_class)
+        )
+        if others:
+            raise ConfigError(
+                f"objective.{key} is an option of objective '{others[0]}', but this run trains "
+                f"with '{name}': choose it with --objective {others[0]}, or leave {key} out "
+                f"(`dance plugins {name}` lists {name}'s options)."
+            )
+
+
 def _move_legacy_trainer_keys(raw: dict[str, Any]) -> None:
     """Move GRPO's settings from [trainer], where recipes before objectives kept them, to
     [objective] (when the objective is GRPO), saying so once."""
@@ -357,7 +391,8 @@ def _move_legacy_trainer_keys(raw: dict[str, Any]) -> None:
     for key in moved:
         if key in objective:
             raise ConfigError(
-                f"{key} is set both in [trainer] and in [objective]; keep objective.{key}."
+                f"trainer.{key} is the old place of objective.{key}, which is set too; set it "
+                f"once, as objective.{key} (objective.{key}=VALUE on the command line)."
             )
         objective[key] = trainer.pop(key)
     print(
