@@ -172,6 +172,8 @@ def run(
         recipe = DEFAULT_RECIPE  # `dance run` alone: the bundled demo
     raw = _raw_recipe(recipe, policy, model, sampler, reward, overrides, objective)
     resolved = resolve(raw, registry)
+    if resume and recipe == str(output_dir / "config.toml"):
+        _note_changed_settings(recipe, resolved.to_toml_dict())
     # Files and folders the run needs are checked before minutes of model loading.
     read_prompts(resolved.trainer.prompts)  # "" reads the bundled list
     if resolved.evaluation.prompts:
@@ -205,6 +207,35 @@ def run(
     dist.shutdown()
     if trainer.stopped_by:  # stopped by a signal, after its checkpoint: not a finished run
         raise typer.Exit(128 + trainer.stopped_by)
+
+
+def _note_changed_settings(saved_config: str, now: dict[str, Any]) -> None:
+    """One note (rank 0) naming the settings a resumed run changes from its config.toml, which
+    is then rewritten with them: the record of the run says what trained from here on."""
+    import os
+
+    from dance.cli.recipe import read_recipe
+
+    def flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in table.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    before, after = flat(read_recipe(saved_config)), flat(now)
+    changed = [
+        f"{key} {before.get(key, '(unset)')!r} -> {after.get(key, '(unset)')!r}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]
+    if changed and os.environ.get("RANK", "0") == "0":
+        typer.echo(
+            f"note: resuming with changed settings: {'; '.join(changed)} (config.toml is updated)",
+            err=True,
+        )
 
 
 def _check_demo_options(model: str | None, sampler: str | None, rewards: list[str] | None) -> None:

@@ -560,8 +560,14 @@ class Trainer:
         leaves ``iter-000004.json`` for the run that continues it), and one missing at the
         resumed iteration (a run started with another ``evaluation.every``) is made up at once.
         """
-        self.write_config()
         saved = self.resume() if resume else None  # the iteration of the newest checkpoint
+        if saved is not None and saved > self.cfg.iterations:
+            raise UsageError(
+                f"{self.output_dir} has done {saved} iterations, more than trainer.iterations = "
+                f"{self.cfg.iterations}; pass trainer.iterations={saved} or more to continue it "
+                "(the run is unchanged)."
+            )
+        self.write_config()  # after the checks: a refused resume leaves the record as it was
         # Rank 0 alone looks at the output directory: a rank that starts later must not see
         # the file rank 0 has just written and decide otherwise.
         evaluate_before = dist.broadcast_object(

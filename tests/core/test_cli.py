@@ -109,11 +109,20 @@ def test_toy_run_then_resume_then_sample(toy_registry, capsys, tmp_path):
     # the same directory again without --resume is refused rather than overwritten
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "--resume" in err
-    code, out, _ = run_cli(
-        ["run", "--resume", "--no-progress", "--output-dir", str(out_dir), "trainer.iterations=2"],
-        capsys,
-    )
+    resume = ["run", "--resume", "--no-progress", "--output-dir", str(out_dir)]
+    code, out, err = run_cli([*resume, "trainer.iterations=2"], capsys)
     assert code == 0 and "after 2 iterations" in out
+    # A changed setting is named once; config.toml records it.
+    assert "note: resuming with changed settings: trainer.iterations 1 -> 2" in err
+    assert "iterations = 2" in (out_dir / "config.toml").read_text()
+    # Fewer iterations than the run has done: refused, and the record is left as it was.
+    record = (out_dir / "config.toml").read_text()
+    code, _, err = run_cli([*resume, "trainer.iterations=1"], capsys)
+    assert code == 2 and "has done 2 iterations, more than trainer.iterations = 1" in err
+    assert err.count("\n") == 2  # the note of the changed setting, and the error
+    assert (out_dir / "config.toml").read_text() == record
+    code, out, err = run_cli([*resume], capsys)  # nothing changed: no note
+    assert code == 0 and "changed settings" not in err
     code, out, _ = run_cli(
         ["sample", "--lora", str(out_dir), "--prompt", "a cat", "--num-per-prompt", "2"]
         + ["--output-dir", str(tmp_path / "s")],
