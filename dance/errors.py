@@ -45,9 +45,11 @@ class RewardError(RunError):
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """Return ' Did you mean X?' for the closest known name, or '' when nothing is close."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    """Return ' Did you mean X?' for the closest known name, or '' when nothing is close.
+    Case is ignored ('NFT' finds 'nft')."""
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.5)
+    return f" Did you mean '{by_lower[close[0]]}'?" if close else ""
 
 
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> UsageError:

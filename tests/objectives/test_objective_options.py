@@ -81,3 +81,10 @@ def test_objective_flag_says_which_recipe_options_it_drops(capsys):
     assert "clip_range" in err and "`dance plugins nft` lists them" in err
     _raw_recipe("demo", None, None, None, None, [], "grpo")  # the recipe's own: nothing dropped
     assert capsys.readouterr().err == ""
+
+
+def test_a_wrongly_cased_objective_name_gets_a_suggestion(registry):
+    from dance.errors import UsageError
+
+    with pytest.raises(UsageError, match="Did you mean 'nft'"):
+        registry.get("objective", "NFT")
