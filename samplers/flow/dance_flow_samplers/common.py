@@ -120,25 +120,8 @@ class SDEWindowConfig(FlowScheduleConfig):
                 f"sampler.sde_window_start={self.sde_window_start} is past the last step "
                 f"({self.num_steps - 1}); pick a start below sampler.num_steps"
             )
-        fixed_end = self.sde_window_start + self.sde_window_size
-        if (
-            self.sde_window_schedule == "fixed"
-            and self.sde_window_size
-            and fixed_end > self.num_steps
-        ):
-            raise ConfigError(
-                f"sampler.sde_window_start={self.sde_window_start} + sde_window_size="
-                f"{self.sde_window_size} runs past the last step ({self.num_steps - 1}); lower "
-                "them, raise sampler.num_steps, or set sde_window_size=0 for every step"
-            )
         if self.sde_window_schedule != "progressive":
             return
-        if self.sde_window_size > self.num_steps - 1:
-            raise ConfigError(
-                f"sampler.sde_window_size={self.sde_window_size}: a sliding window holds at most "
-                f"num_steps - 1 = {self.num_steps - 1} steps (the last step is never in it); "
-                "lower it (MixGRPO: 4) or raise sampler.num_steps"
-            )
         if self.sde_window_size < 1:
             raise ConfigError(
                 "sampler.sde_window_schedule='progressive' slides a window of "
