@@ -65,7 +65,8 @@ class SDEWindowConfig(FlowScheduleConfig):
         0,
         "steps that draw noise, from sde_window_start on; every other step is a deterministic "
         "Euler step with no log-probability and is not trained (MixGRPO: 4; Flow-GRPO-Fast: 1 "
-        "to 3 early steps). 0 = every step is stochastic",
+        "to 3 early steps). 0 = every step is stochastic. A window that runs past the last "
+        "step is cut there (a sliding one before the last step)",
         ge=0,
     )
     sde_window_schedule: str = option(
