@@ -30,6 +30,11 @@ def test_the_page_shows_the_fixture_plugin_exactly():
     assert code in python_blocks(), "docs/plugins.md and the example plugin differ"
 
 
+def test_the_page_shows_the_tested_objective_exactly():
+    code = _code(ROOT / "tests" / "objectives" / "weighted_flow_matching.py")
+    assert code in python_blocks(), "docs/plugins.md and the tested objective differ"
+
+
 def test_the_page_shows_the_logger_example_exactly():
     code = _code(LOGGER_FIXTURE / "dance_example_logger" / "__init__.py")
     assert code in python_blocks(), "docs/plugins.md and the example logger differ"
