@@ -121,6 +121,12 @@ def shutdown() -> None:
 _joined_a_group = False  # whether this process ever tried to join a group of several
 
 
+def joined_a_group() -> bool:
+    """Whether this process ever tried to join a group of several (it then ends through
+    :func:`end_process`)."""
+    return _joined_a_group
+
+
 def end_process(code: int) -> NoReturn:
     """End this process with exit status ``code``.
 

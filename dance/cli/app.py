@@ -615,16 +615,15 @@ def _run_app(argv: list[str] | None) -> int:
 
 def _joined_a_group() -> bool:
     distributed = sys.modules.get("dance.distributed")  # not imported: no group was joined
-    return distributed is not None and distributed._joined_a_group
+    return distributed is not None and distributed.joined_a_group()
 
 
 def _end(code: int) -> None:
     """Exit with ``code``; a rank of a job of several processes ends through
     :func:`dance.distributed.end_process` (why is said there)."""
-    if _joined_a_group():
-        import dance.distributed as dist
-
-        dist.end_process(code)
+    distributed = sys.modules.get("dance.distributed")
+    if distributed is not None:
+        distributed.end_process(code)  # sys.exit for a single process
     sys.exit(code)
 
 

@@ -396,12 +396,12 @@ class Trainer:
         self.objective.end_update()
         if windows:
             self._check_finite_weights(it)
-        total = float(dist.all_reduce(loss_sum).item())
+        reported = self.objective.metrics()  # the same keys on every rank
+        if "loss" not in reported:  # grpo and nft report their own; others get the mean per pair
+            total = float(dist.all_reduce(loss_sum).item())
+            reported = {"loss": total / pairs.shape[0] if pairs.shape[0] else 0.0, **reported}
         return {
-            # The mean loss per trained pair, for any objective; one that reports its own
-            # "loss" (grpo, nft) keeps it.
-            "loss": total / pairs.shape[0] if pairs.shape[0] else 0.0,
-            **self.objective.metrics(),
+            **reported,
             "grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
             "optimizer_steps": float(len(grad_norms)),
             "trained_pairs": float(pairs.shape[0]),

@@ -44,7 +44,7 @@ RANK_SCRIPT = textwrap.dedent(
 
 
 def test_one_process_exits_with_system_exit():
-    assert not dist._joined_a_group
+    assert not dist.joined_a_group()
     with pytest.raises(SystemExit) as info:
         dist.end_process(3)
     assert info.value.code == 3
